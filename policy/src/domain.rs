@@ -7,8 +7,9 @@
 use std::fmt;
 
 /// The operating system a device bundle is built for (DESIGN §8).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetOs {
     /// Windows 10 1709+ / 11 / Server 2019+.
@@ -48,8 +49,7 @@ impl fmt::Display for TargetOs {
 }
 
 /// RFC 5280 CRLReason values that this CA uses. The discriminant is the RFC code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RevocationReason {
     /// unspecified (0)

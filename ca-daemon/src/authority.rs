@@ -1,0 +1,1189 @@
+//! The certificate authority as the gRPC and HTTP edges see it: domain operations over the
+//! store, the loaded keys, the policy, the CRL publisher and the OCSP responder.
+//!
+//! Handlers translate proto ⇄ domain and call these methods; nothing here knows about tonic
+//! or HTTP. CPU-heavy work (key generation, signing, PKCS#12 KDFs) runs on the blocking pool,
+//! bounded by a semaphore sized to the core count, so OCSP, CRL and health answers stay fast
+//! while redemptions saturate the CPU (DESIGN §9). Store calls run on the blocking pool too:
+//! every acknowledged write is flushed before the method returns.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use pki_policy::Policy;
+use pki_policy::domain::{Enrollee, RevocationReason, TargetOs};
+use time::{Duration, OffsetDateTime};
+use tokio::sync::{Semaphore, mpsc, watch};
+use zeroize::Zeroizing;
+
+use crate::crl::{self, CrlParams, RevokedEntry};
+use crate::error::CaError;
+use crate::issue::{self, CertUrls, LeafRequest};
+use crate::ocsp::{CertStatus, OcspResponder, ResponderIssuer, StatusLookup};
+use crate::pkcs12::{self, BundleInput, MobileconfigInput};
+use crate::pki::{self, LoadedIssuer, LoadedPki};
+use crate::store::{
+    AuditEvent, CertFilter, CertRecord, CrlRecord, IssuerRecord, IssuerState, Revocation,
+    RevokeTarget, Store, StoreError, TicketRecord, TicketState,
+};
+use crate::tickets::{TicketMac, TicketPassword, random_digits};
+
+/// Who is calling, from the verified client certificate.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Role from the SAN URI `urn:pki:role:<role>`.
+    pub role: String,
+    /// Subject CN of the client certificate (or "cli" for local commands).
+    pub name: String,
+}
+
+impl Caller {
+    /// The actor string written to the audit log.
+    pub fn actor(&self) -> String {
+        format!("{}:{}", self.role, self.name)
+    }
+}
+
+/// A request to create a ticket, in domain terms.
+#[derive(Debug, Clone)]
+pub struct NewTicket {
+    /// Who the ticket is for.
+    pub enrollee: Enrollee,
+    /// Certificate profile name (None = policy default).
+    pub profile: Option<String>,
+    /// Who approved the registration (portal user).
+    pub approved_by: String,
+}
+
+/// A request to redeem a ticket.
+pub struct Redemption {
+    /// Ticket number (8 digits).
+    pub number: String,
+    /// Ticket password (8 digits).
+    pub password: Zeroizing<String>,
+    /// Target OS (None = the ticket's device OS).
+    pub os: Option<TargetOs>,
+    /// Keystore profile name (None = the OS default).
+    pub keystore_profile: Option<String>,
+}
+
+/// What a redemption returns.
+pub struct Bundle {
+    /// The PKCS#12 bytes (protected by the ticket password).
+    pub pkcs12: Zeroizing<Vec<u8>>,
+    /// Suggested file name of the bundle.
+    pub file_name: String,
+    /// MIME type of the bundle.
+    pub media_type: String,
+    /// Apple configuration profile (empty for other OSes).
+    pub mobileconfig: Vec<u8>,
+    /// Suggested file name of the configuration profile.
+    pub mobileconfig_file_name: String,
+    /// Serial, lowercase hex.
+    pub serial: String,
+    /// Certificate DER.
+    pub certificate_der: Vec<u8>,
+    /// Chain, issuer first, root last.
+    pub chain_der: Vec<Vec<u8>>,
+    /// notAfter of the certificate.
+    pub not_after: OffsetDateTime,
+}
+
+/// Status of a certificate for `CheckStatus`.
+#[derive(Debug, Clone)]
+pub enum StatusAnswer {
+    /// Issued by us and not revoked (may be expired).
+    Good,
+    /// Revoked.
+    Revoked(Revocation),
+    /// Never issued by us.
+    Unknown,
+}
+
+/// An issuer with its runtime state.
+pub struct IssuerView {
+    /// Stored record.
+    pub record: IssuerRecord,
+    /// Certificates issued by it.
+    pub certificate_count: u64,
+    /// Latest CRL number (0 = none yet).
+    pub crl_number: u64,
+}
+
+struct IssuerSet {
+    active: String,
+    by_id: HashMap<String, Arc<LoadedIssuer>>,
+}
+
+/// The authority.
+pub struct Authority {
+    store: Arc<dyn Store>,
+    policy: Arc<Policy>,
+    mac: TicketMac,
+    root_cert_der: Vec<u8>,
+    url_base: String,
+    issuers: RwLock<Arc<IssuerSet>>,
+    ocsp: OcspResponder,
+    crl_watch: Mutex<HashMap<String, watch::Sender<Option<Arc<CrlRecord>>>>>,
+    crl_dirty: mpsc::UnboundedSender<String>,
+    cpu: Semaphore,
+    redeeming: Mutex<HashSet<String>>,
+    data_dir: PathBuf,
+}
+
+/// Runs blocking (store or CPU) work off the reactor.
+async fn blocking<T, F>(f: F) -> Result<T, CaError>
+where
+    F: FnOnce() -> Result<T, CaError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CaError::internal(format!("blocking task failed: {e}")))?
+}
+
+fn store_err(e: StoreError) -> CaError {
+    match e {
+        StoreError::NotFound { .. } => CaError::NotFound {
+            what: "record",
+            id: String::new(),
+        },
+        other => CaError::internal(other),
+    }
+}
+
+/// Guard that removes a ticket number from the in-flight set.
+struct Redeeming<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    number: String,
+}
+
+impl Drop for Redeeming<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.set.lock() {
+            s.remove(&self.number);
+        }
+    }
+}
+
+struct StoreLookup(Arc<dyn Store>);
+
+impl StatusLookup for StoreLookup {
+    fn status(&self, issuer_id: &str, serial_hex: &str) -> CertStatus {
+        match self.0.certificate(serial_hex) {
+            Ok(Some(c)) if c.issuer_id == issuer_id => match c.revocation {
+                Some(r) => CertStatus::Revoked {
+                    at: r.revoked_at,
+                    reason: r.reason,
+                },
+                None => CertStatus::Good,
+            },
+            Ok(_) => CertStatus::Unknown,
+            Err(e) => {
+                tracing::error!(error = %e, "OCSP status lookup failed; answering unknown");
+                CertStatus::Unknown
+            }
+        }
+    }
+}
+
+fn responder_issuers(set: &IssuerSet) -> Result<Vec<ResponderIssuer>, CaError> {
+    set.by_id
+        .values()
+        .map(|i| {
+            Ok(ResponderIssuer {
+                issuer_id: i.id.clone(),
+                issuer_cert_der: i.cert_der.clone(),
+                responder_cert_der: i.responder_cert_der.clone(),
+                responder_key: crate::keys::key_pair_from_pkcs8(i.responder_key.serialized_der())
+                    .map_err(CaError::internal)?,
+            })
+        })
+        .collect()
+}
+
+impl Authority {
+    /// Builds the authority from loaded keys and an opened store, registers the issuers in the
+    /// store, and returns it with the receiver the CRL publisher task must drain
+    /// (see [`Authority::run_crl_publisher`]).
+    pub fn new(
+        pki: LoadedPki,
+        store: Arc<dyn Store>,
+        policy: Arc<Policy>,
+        data_dir: PathBuf,
+    ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<String>), CaError> {
+        let mac = TicketMac::new(&pki.pepper).map_err(CaError::internal)?;
+        let url_base = pki.url_base.clone();
+        let set = IssuerSet {
+            active: pki.active_issuer_id.clone(),
+            by_id: pki
+                .issuers
+                .into_iter()
+                .map(|i| (i.id.clone(), Arc::new(i)))
+                .collect(),
+        };
+        if !set.by_id.contains_key(&set.active) {
+            return Err(CaError::Unavailable(format!(
+                "active issuer {} has no keys",
+                set.active
+            )));
+        }
+        let ocsp = OcspResponder::new(
+            responder_issuers(&set)?,
+            Duration::hours(i64::from(policy.ocsp.validity_hours)),
+            Duration::hours(i64::from(policy.ocsp.resign_before_hours)),
+        )
+        .map_err(CaError::internal)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let auth = Arc::new(Self {
+            store,
+            policy,
+            mac,
+            root_cert_der: pki.root_cert_der,
+            url_base,
+            issuers: RwLock::new(Arc::new(set)),
+            ocsp,
+            crl_watch: Mutex::new(HashMap::new()),
+            crl_dirty: tx,
+            cpu: Semaphore::new(cores),
+            redeeming: Mutex::new(HashSet::new()),
+            data_dir,
+        });
+        auth.sync_issuer_records()?;
+        Ok((auth, rx))
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn issuer_set(&self) -> Arc<IssuerSet> {
+        match self.issuers.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The active issuer's id.
+    pub fn active_issuer_id(&self) -> String {
+        self.issuer_set().active.clone()
+    }
+
+    /// Writes issuer records for loaded issuers: the active one `Active`, others `Retiring`
+    /// (or `Retired` once expired and without live certificates).
+    fn sync_issuer_records(&self) -> Result<(), CaError> {
+        let set = self.issuer_set();
+        let now = OffsetDateTime::now_utc();
+        let existing: HashMap<String, IssuerRecord> = self
+            .store
+            .issuers()
+            .map_err(store_err)?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        for issuer in set.by_id.values() {
+            let state = if issuer.id == set.active {
+                IssuerState::Active
+            } else {
+                let (_, _, live) = self
+                    .store
+                    .certificate_counts(&issuer.id, now)
+                    .map_err(store_err)?;
+                if live == 0 && issuer.not_after < now {
+                    IssuerState::Retired
+                } else {
+                    IssuerState::Retiring
+                }
+            };
+            if existing.get(&issuer.id).map(|r| r.state) == Some(state) {
+                continue;
+            }
+            let record = IssuerRecord {
+                version: 1,
+                id: issuer.id.clone(),
+                state,
+                cert_der: issuer.cert_der.clone(),
+                not_before: issuer.not_before,
+                not_after: issuer.not_after,
+                created_at: existing.get(&issuer.id).map_or(now, |r| r.created_at),
+            };
+            self.store
+                .put_issuer(
+                    &record,
+                    AuditEvent {
+                        actor: "daemon".into(),
+                        action: "issuer.state".into(),
+                        target: issuer.id.clone(),
+                        detail: format!("{state:?}"),
+                    },
+                )
+                .map_err(store_err)?;
+        }
+        Ok(())
+    }
+
+    fn urls_for(&self, issuer_id: &str) -> CertUrls {
+        CertUrls {
+            crl: pki::crl_url(&self.url_base, issuer_id),
+            ocsp: pki::ocsp_url(&self.url_base),
+            ca_issuers: pki::ca_issuers_url(&self.url_base, issuer_id),
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Enrollment
+
+    /// Creates a ticket and returns it with its password (shown once).
+    pub async fn create_ticket(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: NewTicket,
+    ) -> Result<(TicketRecord, TicketPassword), CaError> {
+        self.policy
+            .limits
+            .check_enrollee(&req.enrollee)
+            .map_err(|e| CaError::invalid(e.field.clone(), e.problem.to_string()))?;
+        let profile_name = match &req.profile {
+            Some(p) => {
+                self.policy
+                    .cert_profile(Some(p))
+                    .map_err(|e| CaError::invalid("profile", e.to_string()))?;
+                p.clone()
+            }
+            None => self.policy.certificate.default_profile.clone(),
+        };
+        let max = self.policy.limits.max_string_len;
+        if req.approved_by.chars().count() > max {
+            return Err(CaError::invalid(
+                "approved_by",
+                format!("longer than {max} characters"),
+            ));
+        }
+        let now = OffsetDateTime::now_utc();
+        let expires_at = now + Duration::days(i64::from(self.policy.tickets.lifetime_days));
+        let password = TicketPassword::generate().map_err(CaError::internal)?;
+        let this = self.clone();
+        let actor = caller.actor();
+        let mut last_err = None;
+        // A number collides with a live ticket with probability (live tickets)/10^8: retry.
+        for _ in 0..8 {
+            let number = random_digits(8).map_err(CaError::internal)?;
+            let record = TicketRecord {
+                version: 1,
+                number: number.clone(),
+                password_mac: self.mac.mac(&number, password.expose()),
+                state: TicketState::Active,
+                created_at: now,
+                expires_at,
+                failed_attempts: 0,
+                enrollee: req.enrollee.clone(),
+                cert_profile: profile_name.clone(),
+                approved_by: req.approved_by.clone(),
+                created_by: actor.clone(),
+                redeemed_serial: None,
+            };
+            let event = AuditEvent {
+                actor: actor.clone(),
+                action: "ticket.created".into(),
+                target: format!("ticket:{number}"),
+                detail: format!(
+                    "facility={} person={} device={} approved_by={}",
+                    record.enrollee.facility.id,
+                    record.enrollee.person.id,
+                    record.enrollee.device.id,
+                    record.approved_by
+                ),
+            };
+            let this2 = this.clone();
+            let rec2 = record.clone();
+            let result = blocking(move || match this2.store.create_ticket(&rec2, event) {
+                Ok(()) => Ok(Ok(())),
+                Err(StoreError::Conflict { .. }) => Ok(Err(())),
+                Err(e) => Err(store_err(e)),
+            })
+            .await?;
+            match result {
+                Ok(()) => {
+                    tracing::info!(ticket = %number, facility = %record.enrollee.facility.id,
+                        person = %record.enrollee.person.id, "ticket created");
+                    return Ok((record, password));
+                }
+                Err(()) => last_err = Some(number),
+            }
+        }
+        Err(CaError::internal(format!(
+            "could not find a free ticket number (last tried {last_err:?})"
+        )))
+    }
+
+    /// Reads a ticket (never the password).
+    pub async fn get_ticket(&self, number: &str) -> Result<TicketRecord, CaError> {
+        let store = self.store.clone();
+        let n = number.to_string();
+        let t = blocking(move || store.ticket(&n).map_err(store_err)).await?;
+        t.ok_or_else(|| CaError::NotFound {
+            what: "ticket",
+            id: number.to_string(),
+        })
+    }
+
+    /// Cancels an active ticket.
+    pub async fn cancel_ticket(
+        &self,
+        caller: &Caller,
+        number: &str,
+    ) -> Result<TicketRecord, CaError> {
+        let t = self.get_ticket(number).await?;
+        let now = OffsetDateTime::now_utc();
+        let state = t.effective_state(now);
+        if state != TicketState::Active {
+            return Err(CaError::WrongState {
+                what: "ticket",
+                state: state.to_string(),
+                expected: "active",
+            });
+        }
+        let store = self.store.clone();
+        let n = number.to_string();
+        let event = AuditEvent {
+            actor: caller.actor(),
+            action: "ticket.cancelled".into(),
+            target: format!("ticket:{number}"),
+            detail: String::new(),
+        };
+        blocking(move || {
+            store
+                .set_ticket_state(&n, TicketState::Active, TicketState::Cancelled, event)
+                .map_err(|e| match e {
+                    StoreError::StateMismatch { actual } => CaError::WrongState {
+                        what: "ticket",
+                        state: actual.to_string(),
+                        expected: "active",
+                    },
+                    e => store_err(e),
+                })
+        })
+        .await
+    }
+
+    /// Redeems a ticket once: key, certificate, PKCS#12 (and .mobileconfig), durably recorded
+    /// before this returns.
+    pub async fn redeem_ticket(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: Redemption,
+    ) -> Result<Bundle, CaError> {
+        let now = OffsetDateTime::now_utc();
+        let ticket = {
+            let store = self.store.clone();
+            let n = req.number.clone();
+            blocking(move || store.ticket(&n).map_err(store_err)).await?
+        };
+        let Some(ticket) = ticket else {
+            // Same work as a wrong password, so timing tells little more than the answer.
+            let _ = self.mac.verify(&req.number, &req.password, &[0u8; 32]);
+            tracing::info!(ticket = %req.number, outcome = "unknown_number", "redemption refused");
+            return Err(CaError::BadTicketCredentials);
+        };
+        let state = ticket.effective_state(now);
+        if state == TicketState::Locked {
+            // Never test a password against a locked ticket: no oracle after the lockout.
+            tracing::info!(ticket = %req.number, outcome = "locked", "redemption refused");
+            return Err(CaError::BadTicketCredentials);
+        }
+        if !self
+            .mac
+            .verify(&req.number, &req.password, &ticket.password_mac)
+        {
+            if state == TicketState::Active {
+                let store = self.store.clone();
+                let n = req.number.clone();
+                let max = self.policy.tickets.max_attempts;
+                let event = AuditEvent {
+                    actor: caller.actor(),
+                    action: "ticket.locked".into(),
+                    target: format!("ticket:{}", req.number),
+                    detail: format!("{max} wrong passwords"),
+                };
+                let t = blocking(move || {
+                    store
+                        .record_failed_attempt(&n, max, now, event)
+                        .map_err(store_err)
+                })
+                .await;
+                if let Ok(t) = t {
+                    tracing::warn!(ticket = %req.number, failed_attempts = t.failed_attempts,
+                        locked = (t.state == TicketState::Locked), outcome = "wrong_password",
+                        "redemption refused");
+                }
+            }
+            return Err(CaError::BadTicketCredentials);
+        }
+        if state != TicketState::Active {
+            tracing::info!(ticket = %req.number, state = %state, "redemption refused");
+            return Err(CaError::TicketNotRedeemable { state });
+        }
+
+        let _guard = {
+            let mut set = self
+                .redeeming
+                .lock()
+                .map_err(|_| CaError::internal("redeeming set poisoned"))?;
+            if !set.insert(req.number.clone()) {
+                return Err(CaError::RedemptionInProgress);
+            }
+            Redeeming {
+                set: &self.redeeming,
+                number: req.number.clone(),
+            }
+        };
+
+        let os = req.os.unwrap_or(ticket.enrollee.device.os);
+        let keystore = self
+            .policy
+            .keystore_for(os, req.keystore_profile.as_deref())
+            .map_err(|e| CaError::invalid("keystore_profile", e.to_string()))?
+            .clone();
+        let cert_profile = self
+            .policy
+            .cert_profile(Some(&ticket.cert_profile))
+            .map_err(|e| CaError::internal(format!("ticket profile vanished: {e}")))?
+            .clone();
+        let set = self.issuer_set();
+        let issuer = set
+            .by_id
+            .get(&set.active)
+            .cloned()
+            .ok_or_else(|| CaError::Unavailable("no active issuer".into()))?;
+        let urls = self.urls_for(&issuer.id);
+        let root = self.root_cert_der.clone();
+
+        let _permit = self
+            .cpu
+            .acquire()
+            .await
+            .map_err(|_| CaError::Unavailable("shutting down".into()))?;
+        let enrollee = ticket.enrollee.clone();
+        let password = req.password.clone();
+        let issuer2 = issuer.clone();
+        let built = blocking(move || {
+            let leaf = issue::issue_leaf(&LeafRequest {
+                enrollee: &enrollee,
+                profile: &cert_profile,
+                issuer_cert_der: &issuer2.cert_der,
+                issuer_key: &issuer2.key,
+                issuer_not_after: issuer2.not_after,
+                urls: &urls,
+                now,
+            })
+            .map_err(CaError::internal)?;
+            let chain = vec![issuer2.cert_der.clone(), root.clone()];
+            let friendly = format!(
+                "{} ({})",
+                enrollee.person.display_name(),
+                enrollee.facility.name
+            );
+            let pfx = pkcs12::build_pfx(
+                &keystore,
+                &BundleInput {
+                    key_pkcs8: &leaf.key_pkcs8,
+                    leaf_der: &leaf.der,
+                    chain_der: &chain,
+                    friendly_name: &friendly,
+                    password: &password,
+                },
+            )
+            .map_err(CaError::internal)?;
+            let base = format!("{}-{}", enrollee.device.id, &leaf.serial_hex[..8]);
+            let file_name = format!("{base}.{}", keystore.file_extension);
+            let (mobileconfig, mc_name) = if keystore.mobileconfig {
+                let mc = pkcs12::build_mobileconfig(&MobileconfigInput {
+                    pfx: &pfx,
+                    pfx_file_name: &file_name,
+                    root_der: &root,
+                    root_name: "ケアネット 端末ルートCA",
+                    display_name: &enrollee.person.display_name(),
+                    organization: &enrollee.facility.name,
+                    serial_hex: &leaf.serial_hex,
+                })
+                .map_err(CaError::internal)?;
+                (mc, format!("{base}.mobileconfig"))
+            } else {
+                (Vec::new(), String::new())
+            };
+            Ok((leaf, chain, pfx, file_name, mobileconfig, mc_name, keystore))
+        })
+        .await?;
+        drop(_permit);
+        let (leaf, chain, pfx, file_name, mobileconfig, mobileconfig_file_name, keystore) = built;
+
+        let record = CertRecord {
+            version: 1,
+            serial: leaf.serial_hex.clone(),
+            issuer_id: issuer.id.clone(),
+            der: leaf.der.clone(),
+            facility_id: ticket.enrollee.facility.id.clone(),
+            person_id: ticket.enrollee.person.id.clone(),
+            device_id: ticket.enrollee.device.id.clone(),
+            os,
+            keystore_profile: keystore.name.clone(),
+            ticket_number: ticket.number.clone(),
+            not_before: leaf.not_before,
+            not_after: leaf.not_after,
+            issued_at: now,
+            revocation: None,
+        };
+        let event = AuditEvent {
+            actor: caller.actor(),
+            action: "certificate.issued".into(),
+            target: format!("serial:{}", leaf.serial_hex),
+            detail: format!(
+                "ticket={} issuer={} facility={} person={} device={} os={} keystore={}",
+                ticket.number,
+                issuer.id,
+                record.facility_id,
+                record.person_id,
+                record.device_id,
+                os,
+                keystore.name
+            ),
+        };
+        let store = self.store.clone();
+        let number = ticket.number.clone();
+        let mac = ticket.password_mac;
+        let rec2 = record.clone();
+        blocking(move || {
+            store
+                .redeem_ticket(&number, &mac, now, &rec2, event)
+                .map_err(|e| match e {
+                    StoreError::StateMismatch { actual } => {
+                        CaError::TicketNotRedeemable { state: actual }
+                    }
+                    e => store_err(e),
+                })
+        })
+        .await?;
+        tracing::info!(ticket = %ticket.number, serial = %leaf.serial_hex, issuer = %issuer.id,
+            os = %os, keystore = %keystore.name, "ticket redeemed, certificate issued");
+        // Warm the OCSP cache off the request path.
+        let this = self.clone();
+        let (iid, serial) = (issuer.id.clone(), leaf.serial_hex.clone());
+        tokio::task::spawn_blocking(move || {
+            this.ocsp
+                .presign(&iid, &serial, CertStatus::Good, OffsetDateTime::now_utc());
+        });
+
+        Ok(Bundle {
+            pkcs12: pfx,
+            file_name,
+            media_type: "application/x-pkcs12".into(),
+            mobileconfig,
+            mobileconfig_file_name,
+            serial: leaf.serial_hex,
+            certificate_der: leaf.der,
+            chain_der: chain,
+            not_after: leaf.not_after,
+        })
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Certificates
+
+    /// One certificate by serial.
+    pub async fn certificate(&self, serial: &str) -> Result<CertRecord, CaError> {
+        let store = self.store.clone();
+        let s = serial.to_string();
+        blocking(move || store.certificate(&s).map_err(store_err))
+            .await?
+            .ok_or_else(|| CaError::NotFound {
+                what: "certificate",
+                id: serial.to_string(),
+            })
+    }
+
+    /// A page of certificates matching `filter`, ordered by serial; returns the page and the
+    /// token of the next one (empty at the end).
+    pub async fn list_certificates(
+        &self,
+        filter: CertFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<CertRecord>, String), CaError> {
+        let limits = &self.policy.limits;
+        let size = match page_size {
+            0 => limits.default_page_size,
+            n => (n as usize).min(limits.max_page_size),
+        };
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            if page_token.len() > 40 || !page_token.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(CaError::invalid("page_token", "not a token from this API"));
+            }
+            Some(page_token.to_string())
+        };
+        let store = self.store.clone();
+        let mut page = blocking(move || {
+            store
+                .list_certificates(&filter, after.as_deref(), size + 1)
+                .map_err(store_err)
+        })
+        .await?;
+        let next = if page.len() > size {
+            page.truncate(size);
+            page.last().map(|c| c.serial.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((page, next))
+    }
+
+    /// Revokes by target; returns every matched certificate (already revoked ones keep their
+    /// original revocation). Durable and audited before it returns; the CRL follows within a
+    /// second.
+    pub async fn revoke(
+        self: &Arc<Self>,
+        caller: &Caller,
+        target: RevokeTarget,
+        reason: RevocationReason,
+        invalidity_date: Option<OffsetDateTime>,
+    ) -> Result<Vec<CertRecord>, CaError> {
+        let now = OffsetDateTime::now_utc();
+        if let Some(d) = invalidity_date {
+            if d > now {
+                return Err(CaError::invalid(
+                    "invalidity_date",
+                    "lies in the future",
+                ));
+            }
+        }
+        let revocation = Revocation {
+            revoked_at: now.replace_nanosecond(0).unwrap_or(now),
+            reason,
+            invalidity_date: invalidity_date.map(|d| d.replace_nanosecond(0).unwrap_or(d)),
+        };
+        let target_s = match &target {
+            RevokeTarget::Serial(s) => format!("serial:{s}"),
+            RevokeTarget::Device(d) => format!("device:{d}"),
+            RevokeTarget::Person(p) => format!("person:{p}"),
+            RevokeTarget::Facility(f) => format!("facility:{f}"),
+        };
+        let event = AuditEvent {
+            actor: caller.actor(),
+            action: "certificate.revoked".into(),
+            target: target_s.clone(),
+            detail: format!("reason={reason}"),
+        };
+        let store = self.store.clone();
+        let t2 = target.clone();
+        let certs = blocking(move || {
+            store.revoke(&t2, &revocation, event).map_err(|e| match e {
+                StoreError::NotFound { .. } => CaError::NotFound {
+                    what: "certificate",
+                    id: target_s,
+                },
+                e => store_err(e),
+            })
+        })
+        .await?;
+        let mut dirty = HashSet::new();
+        for c in &certs {
+            self.ocsp.invalidate(&c.issuer_id, &c.serial);
+            dirty.insert(c.issuer_id.clone());
+        }
+        for d in dirty {
+            let _ = self.crl_dirty.send(d);
+        }
+        tracing::info!(count = certs.len(), reason = %reason, "revoked");
+        Ok(certs)
+    }
+
+    /// Status of a serial for `CheckStatus`.
+    pub async fn check_status(&self, serial: &str) -> Result<StatusAnswer, CaError> {
+        let store = self.store.clone();
+        let s = serial.to_string();
+        let c = blocking(move || store.certificate(&s).map_err(store_err)).await?;
+        Ok(match c {
+            None => StatusAnswer::Unknown,
+            Some(c) => match c.revocation {
+                Some(r) => StatusAnswer::Revoked(r),
+                None => StatusAnswer::Good,
+            },
+        })
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // CA chain, CRL, OCSP
+
+    /// Root first, then every issuer that is not retired.
+    pub async fn ca_chain(&self) -> Result<Vec<Vec<u8>>, CaError> {
+        let store = self.store.clone();
+        let records = blocking(move || store.issuers().map_err(store_err)).await?;
+        let mut out = vec![self.root_cert_der.clone()];
+        let set = self.issuer_set();
+        // Active first, then retiring ones.
+        if let Some(a) = set.by_id.get(&set.active) {
+            out.push(a.cert_der.clone());
+        }
+        for r in records {
+            if r.id != set.active && r.state != IssuerState::Retired {
+                out.push(r.cert_der);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The DER of one issuer certificate (for `/ca/<id>.crt`), or the root (`root`).
+    pub fn issuer_cert(&self, id: &str) -> Option<Vec<u8>> {
+        if id == "root" {
+            return Some(self.root_cert_der.clone());
+        }
+        self.issuer_set().by_id.get(id).map(|i| i.cert_der.clone())
+    }
+
+    fn resolve_issuer(&self, issuer_id: &str) -> Result<String, CaError> {
+        let set = self.issuer_set();
+        if issuer_id.is_empty() || issuer_id == "active" {
+            return Ok(set.active.clone());
+        }
+        if set.by_id.contains_key(issuer_id) {
+            Ok(issuer_id.to_string())
+        } else {
+            Err(CaError::NotFound {
+                what: "issuer",
+                id: issuer_id.to_string(),
+            })
+        }
+    }
+
+    fn crl_sender(&self, issuer_id: &str) -> watch::Sender<Option<Arc<CrlRecord>>> {
+        let mut map = match self.crl_watch.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.entry(issuer_id.to_string())
+            .or_insert_with(|| watch::channel(None).0)
+            .clone()
+    }
+
+    /// The latest CRL of an issuer (empty id = active issuer); publishes one if none exists.
+    pub async fn crl(self: &Arc<Self>, issuer_id: &str) -> Result<Arc<CrlRecord>, CaError> {
+        let id = self.resolve_issuer(issuer_id)?;
+        if let Some(c) = self.crl_sender(&id).borrow().clone() {
+            return Ok(c);
+        }
+        let store = self.store.clone();
+        let id2 = id.clone();
+        if let Some(c) = blocking(move || store.latest_crl(&id2).map_err(store_err)).await? {
+            let c = Arc::new(c);
+            self.crl_sender(&id).send_replace(Some(c.clone()));
+            return Ok(c);
+        }
+        self.publish_crl(&id, "daemon").await
+    }
+
+    /// Follows the CRL of an issuer: the current one first, then each new one.
+    pub async fn watch_crl(
+        self: &Arc<Self>,
+        issuer_id: &str,
+    ) -> Result<watch::Receiver<Option<Arc<CrlRecord>>>, CaError> {
+        let id = self.resolve_issuer(issuer_id)?;
+        self.crl(&id).await?;
+        Ok(self.crl_sender(&id).subscribe())
+    }
+
+    /// Builds, signs, stores and announces a new CRL for an issuer. The number is reserved
+    /// durably first, so a crash can skip a number but never reuse one.
+    pub async fn publish_crl(
+        self: &Arc<Self>,
+        issuer_id: &str,
+        actor: &str,
+    ) -> Result<Arc<CrlRecord>, CaError> {
+        let id = self.resolve_issuer(issuer_id)?;
+        let set = self.issuer_set();
+        let issuer = set
+            .by_id
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| CaError::Unavailable(format!("issuer {id} has no keys")))?;
+        let store = self.store.clone();
+        let next_update_hours = i64::from(self.policy.crl.next_update_hours);
+        let idp = pki::crl_url(&self.url_base, &id);
+        let actor = actor.to_string();
+        let started = std::time::Instant::now();
+        let record = blocking(move || {
+            let number = store.reserve_crl_number(&issuer.id).map_err(store_err)?;
+            let revoked = store.revoked_certificates(&issuer.id).map_err(store_err)?;
+            let entries: Vec<RevokedEntry> = revoked
+                .into_iter()
+                .filter_map(|c| {
+                    c.revocation.map(|r| RevokedEntry {
+                        serial_hex: c.serial,
+                        revoked_at: r.revoked_at,
+                        reason: r.reason,
+                        invalidity_date: r.invalidity_date,
+                    })
+                })
+                .collect();
+            let now = OffsetDateTime::now_utc();
+            let this_update = now.replace_nanosecond(0).unwrap_or(now);
+            let next_update = this_update + Duration::hours(next_update_hours);
+            let der = crl::build_crl(
+                &issuer.cert_der,
+                &issuer.key,
+                &CrlParams {
+                    number,
+                    this_update,
+                    next_update,
+                    idp_uri: &idp,
+                    entries: &entries,
+                },
+            )
+            .map_err(CaError::internal)?;
+            let record = CrlRecord {
+                version: 1,
+                issuer_id: issuer.id.clone(),
+                number,
+                this_update,
+                next_update,
+                der,
+            };
+            store
+                .save_crl(
+                    &record,
+                    AuditEvent {
+                        actor,
+                        action: "crl.published".into(),
+                        target: format!("issuer:{}", issuer.id),
+                        detail: format!("number={number} entries={}", entries.len()),
+                    },
+                )
+                .map_err(store_err)?;
+            Ok(record)
+        })
+        .await?;
+        tracing::info!(issuer = %record.issuer_id, number = record.number,
+            elapsed_ms = started.elapsed().as_millis() as u64, "CRL published");
+        let record = Arc::new(record);
+        self.crl_sender(&id).send_replace(Some(record.clone()));
+        Ok(record)
+    }
+
+    /// Drains revocation notifications, waits the policy's batch window so revocations that
+    /// arrive together share one CRL, and republishes. Also republishes on schedule before
+    /// `nextUpdate` and refreshes OCSP responses due for re-signing. Runs until the sender side
+    /// (the authority) is dropped.
+    pub async fn run_crl_publisher(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<String>) {
+        let window = std::time::Duration::from_millis(u64::from(self.policy.crl.batch_window_ms));
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                first = rx.recv() => {
+                    let Some(first) = first else { return };
+                    let mut dirty = HashSet::from([first]);
+                    tokio::time::sleep(window).await;
+                    while let Ok(more) = rx.try_recv() {
+                        dirty.insert(more);
+                    }
+                    for id in dirty {
+                        if let Err(e) = self.publish_crl(&id, "daemon").await {
+                            tracing::error!(issuer = %id, error = %e, "CRL publication failed");
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    self.scheduled_maintenance().await;
+                }
+            }
+        }
+    }
+
+    /// Republishes CRLs that are missing or close to `nextUpdate`; re-signs OCSP responses due.
+    pub async fn scheduled_maintenance(self: &Arc<Self>) {
+        let before = Duration::hours(i64::from(self.policy.crl.republish_before_hours));
+        let ids: Vec<String> = self.issuer_set().by_id.keys().cloned().collect();
+        for id in ids {
+            let store = self.store.clone();
+            let id2 = id.clone();
+            let latest = blocking(move || store.latest_crl(&id2).map_err(store_err)).await;
+            let due = match &latest {
+                Ok(Some(c)) => c.next_update - OffsetDateTime::now_utc() < before,
+                Ok(None) => true,
+                Err(_) => false,
+            };
+            if due {
+                if let Err(e) = self.publish_crl(&id, "daemon").await {
+                    tracing::error!(issuer = %id, error = %e, "scheduled CRL publication failed");
+                }
+            } else if let Ok(Some(c)) = latest {
+                let sender = self.crl_sender(&id);
+                if sender.borrow().is_none() {
+                    sender.send_replace(Some(Arc::new(c)));
+                }
+            }
+        }
+        let this = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let lookup = StoreLookup(this.store.clone());
+            let n = this.ocsp.refresh_due(OffsetDateTime::now_utc(), &lookup);
+            if n > 0 {
+                tracing::info!(count = n, "OCSP responses re-signed before nextUpdate");
+            }
+        })
+        .await;
+    }
+
+    /// Answers a DER OCSP request with a DER OCSP response (never fails: errors are OCSP
+    /// error responses).
+    pub fn ocsp(&self, request_der: &[u8]) -> Vec<u8> {
+        let lookup = StoreLookup(self.store.clone());
+        self.ocsp
+            .respond(request_der, OffsetDateTime::now_utc(), &lookup)
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Admin
+
+    /// Issuers with counts and CRL numbers.
+    pub async fn list_issuers(&self) -> Result<Vec<IssuerView>, CaError> {
+        let store = self.store.clone();
+        blocking(move || {
+            let now = OffsetDateTime::now_utc();
+            let mut out = Vec::new();
+            for record in store.issuers().map_err(store_err)? {
+                let (total, _, _) = store
+                    .certificate_counts(&record.id, now)
+                    .map_err(store_err)?;
+                let crl_number = store
+                    .latest_crl(&record.id)
+                    .map_err(store_err)?
+                    .map_or(0, |c| c.number);
+                out.push(IssuerView {
+                    record,
+                    certificate_count: total,
+                    crl_number,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Verifies the audit chain.
+    pub async fn verify_audit(&self) -> Result<crate::audit::AuditVerification, CaError> {
+        let store = self.store.clone();
+        blocking(move || store.verify_audit().map_err(store_err)).await
+    }
+
+    /// Ticket counts by state.
+    pub async fn ticket_counts(&self) -> Result<Vec<(TicketState, u64)>, CaError> {
+        let store = self.store.clone();
+        blocking(move || {
+            store
+                .ticket_counts(OffsetDateTime::now_utc())
+                .map_err(store_err)
+        })
+        .await
+    }
+
+    /// Writes a consistent snapshot of the store to `path`.
+    pub async fn backup_to(&self, path: PathBuf) -> Result<(), CaError> {
+        let store = self.store.clone();
+        blocking(move || store.backup_to(&path).map_err(store_err)).await
+    }
+
+    /// Re-reads the keys directory (after `issuer rotate`), switches the active issuer, and
+    /// marks the others retiring. In-flight redemptions finish with the issuer they started
+    /// with.
+    pub async fn reload_issuers(
+        self: &Arc<Self>,
+        passphrase: &crate::keys::Passphrase,
+    ) -> Result<String, CaError> {
+        let dir = self.data_dir.clone();
+        let pass = passphrase.clone();
+        let pki = blocking(move || pki::load(&dir, &pass).map_err(CaError::internal)).await?;
+        let set = IssuerSet {
+            active: pki.active_issuer_id.clone(),
+            by_id: pki
+                .issuers
+                .into_iter()
+                .map(|i| (i.id.clone(), Arc::new(i)))
+                .collect(),
+        };
+        if !set.by_id.contains_key(&set.active) {
+            return Err(CaError::Unavailable("active issuer has no keys".into()));
+        }
+        self.ocsp.set_issuers(responder_issuers(&set)?);
+        let active = set.active.clone();
+        match self.issuers.write() {
+            Ok(mut g) => *g = Arc::new(set),
+            Err(p) => *p.into_inner() = Arc::new(set),
+        }
+        let this = self.clone();
+        blocking(move || this.sync_issuer_records()).await?;
+        tracing::info!(active_issuer = %active, "issuers reloaded");
+        let _ = self.crl_dirty.send(active.clone());
+        Ok(active)
+    }
+    /// The root's CRL over its issuers (signed when the root key was last unsealed: at `init`
+    /// and at each rotation), if one exists.
+    pub fn root_crl(&self) -> Option<Vec<u8>> {
+        std::fs::read(pki::Layout::new(&self.data_dir).root_crl()).ok()
+    }
+
+    /// (total, revoked, unexpired) certificates of an issuer.
+    pub async fn certificate_counts(&self, issuer_id: &str) -> Result<(u64, u64, u64), CaError> {
+        let store = self.store.clone();
+        let id = issuer_id.to_string();
+        blocking(move || {
+            store
+                .certificate_counts(&id, OffsetDateTime::now_utc())
+                .map_err(store_err)
+        })
+        .await
+    }
+
+    /// The latest stored CRL of an issuer.
+    pub async fn latest_crl(&self, issuer_id: &str) -> Result<Option<CrlRecord>, CaError> {
+        let store = self.store.clone();
+        let id = issuer_id.to_string();
+        blocking(move || store.latest_crl(&id).map_err(store_err)).await
+    }
+
+    /// A consistent snapshot of the store as bytes (for the `Backup` RPC), audited.
+    pub async fn backup_bytes(&self, caller: &Caller) -> Result<Vec<u8>, CaError> {
+        let dir = tempfile_dir(&self.data_dir)?;
+        let path = dir.join("snapshot");
+        self.backup_to(path.clone()).await?;
+        let bytes = tokio::fs::read(&path)
+            .await
+            .map_err(|e| CaError::internal(format!("reading snapshot: {e}")))?;
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let store = self.store.clone();
+        let event = AuditEvent {
+            actor: caller.actor(),
+            action: "store.backup".into(),
+            target: "store".into(),
+            detail: format!("{} bytes", bytes.len()),
+        };
+        blocking(move || store.append_audit(event).map(|_| ()).map_err(store_err)).await?;
+        Ok(bytes)
+    }
+}
+
+/// A fresh private directory under DATA_DIR/tmp for snapshots.
+fn tempfile_dir(data_dir: &std::path::Path) -> Result<PathBuf, CaError> {
+    let dir = data_dir
+        .join("tmp")
+        .join(uuid::Uuid::new_v4().simple().to_string());
+    std::fs::create_dir_all(&dir).map_err(|e| CaError::internal(format!("temp dir: {e}")))?;
+    Ok(dir)
+}

@@ -1,0 +1,495 @@
+//! The four `pki.ca.v1` services. Each handler: caller from the TLS layer, proto → domain
+//! conversion (`pki_proto::convert`), one authority call, domain → proto. Nothing else.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use pki_proto::convert;
+use pki_proto::v1;
+use time::OffsetDateTime;
+use tonic::{Request, Response, Status};
+
+use super::auth::caller;
+use crate::authority::{Authority, NewTicket, Redemption, StatusAnswer};
+use crate::error::CaError;
+use crate::store::{
+    CertFilter, CertRecord, CrlRecord, IssuerState, RevokeTarget, TicketRecord, TicketState,
+};
+
+fn ts(t: OffsetDateTime) -> Option<prost_types::Timestamp> {
+    // Every time we store lies in years 1..=9999, so this never drops a value in practice.
+    convert::timestamp_from_time("timestamp", t).ok()
+}
+
+fn ticket_state(s: TicketState) -> v1::TicketState {
+    match s {
+        TicketState::Active => v1::TicketState::Active,
+        TicketState::Redeemed => v1::TicketState::Redeemed,
+        TicketState::Expired => v1::TicketState::Expired,
+        TicketState::Locked => v1::TicketState::Locked,
+        TicketState::Cancelled => v1::TicketState::Cancelled,
+    }
+}
+
+fn ticket_msg(t: &TicketRecord) -> v1::Ticket {
+    v1::Ticket {
+        number: t.number.clone(),
+        state: ticket_state(t.effective_state(OffsetDateTime::now_utc())) as i32,
+        expires_at: ts(t.expires_at),
+        failed_attempts: t.failed_attempts,
+        facility_id: t.enrollee.facility.id.clone(),
+        person_id: t.enrollee.person.id.clone(),
+        device_id: t.enrollee.device.id.clone(),
+    }
+}
+
+fn cert_msg(c: &CertRecord) -> v1::Certificate {
+    let now = OffsetDateTime::now_utc();
+    let state = if c.revocation.is_some() {
+        v1::CertificateState::Revoked
+    } else if c.not_after < now {
+        v1::CertificateState::Expired
+    } else {
+        v1::CertificateState::Valid
+    };
+    v1::Certificate {
+        serial: c.serial.clone(),
+        issuer_id: c.issuer_id.clone(),
+        facility_id: c.facility_id.clone(),
+        person_id: c.person_id.clone(),
+        device_id: c.device_id.clone(),
+        os: v1::TargetOs::from(c.os) as i32,
+        state: state as i32,
+        not_before: ts(c.not_before),
+        not_after: ts(c.not_after),
+        revoked_at: c.revocation.as_ref().and_then(|r| ts(r.revoked_at)),
+        reason: c
+            .revocation
+            .as_ref()
+            .map_or(0, |r| v1::RevocationReason::from(r.reason) as i32),
+        der: c.der.clone(),
+    }
+}
+
+fn crl_msg(c: &CrlRecord) -> v1::Crl {
+    v1::Crl {
+        issuer_id: c.issuer_id.clone(),
+        der: c.der.clone(),
+        number: c.number,
+        this_update: ts(c.this_update),
+        next_update: ts(c.next_update),
+    }
+}
+
+fn serial_arg(field: &str, s: &str) -> Result<String, Status> {
+    convert::parse_serial(s)
+        .map_err(|e| Status::from(CaError::invalid(field, e.problem.to_string())))
+}
+
+/// `pki.ca.v1.Enrollment`.
+pub struct EnrollmentService {
+    /// The authority.
+    pub authority: Arc<Authority>,
+}
+
+#[tonic::async_trait]
+impl v1::enrollment_server::Enrollment for EnrollmentService {
+    async fn create_ticket(
+        &self,
+        request: Request<v1::CreateTicketRequest>,
+    ) -> Result<Response<v1::CreateTicketResponse>, Status> {
+        let who = caller(&request)?;
+        let req = convert::CreateTicket::try_from(request.into_inner()).map_err(CaError::from)?;
+        let (record, password) = self
+            .authority
+            .create_ticket(
+                &who,
+                NewTicket {
+                    enrollee: req.enrollee,
+                    profile: req.profile,
+                    approved_by: req.approved_by,
+                },
+            )
+            .await?;
+        Ok(Response::new(v1::CreateTicketResponse {
+            number: record.number.clone(),
+            password: password.expose().to_string(),
+            expires_at: ts(record.expires_at),
+            ticket: Some(ticket_msg(&record)),
+        }))
+    }
+
+    async fn redeem_ticket(
+        &self,
+        request: Request<v1::RedeemTicketRequest>,
+    ) -> Result<Response<v1::RedeemTicketResponse>, Status> {
+        let who = caller(&request)?;
+        let req = convert::RedeemTicket::try_from(request.into_inner()).map_err(CaError::from)?;
+        let bundle = self
+            .authority
+            .redeem_ticket(
+                &who,
+                Redemption {
+                    number: req.number,
+                    password: req.password,
+                    os: req.os,
+                    keystore_profile: req.keystore_profile,
+                },
+            )
+            .await?;
+        Ok(Response::new(v1::RedeemTicketResponse {
+            pkcs12: bundle.pkcs12.to_vec(),
+            file_name: bundle.file_name,
+            media_type: bundle.media_type,
+            mobileconfig: bundle.mobileconfig,
+            serial: bundle.serial,
+            certificate_der: bundle.certificate_der,
+            chain_der: bundle.chain_der,
+            not_after: ts(bundle.not_after),
+            mobileconfig_file_name: bundle.mobileconfig_file_name,
+        }))
+    }
+
+    async fn get_ticket(
+        &self,
+        request: Request<v1::GetTicketRequest>,
+    ) -> Result<Response<v1::Ticket>, Status> {
+        let number = convert::parse_ticket_number(&request.get_ref().number)
+            .map_err(CaError::from)?;
+        let t = self.authority.get_ticket(&number).await?;
+        Ok(Response::new(ticket_msg(&t)))
+    }
+
+    async fn cancel_ticket(
+        &self,
+        request: Request<v1::CancelTicketRequest>,
+    ) -> Result<Response<v1::Ticket>, Status> {
+        let who = caller(&request)?;
+        let number = convert::parse_ticket_number(&request.get_ref().number)
+            .map_err(CaError::from)?;
+        let t = self.authority.cancel_ticket(&who, &number).await?;
+        Ok(Response::new(ticket_msg(&t)))
+    }
+}
+
+/// `pki.ca.v1.Certificates`.
+pub struct CertificatesService {
+    /// The authority.
+    pub authority: Arc<Authority>,
+}
+
+fn optional_id(field: &str, s: &str) -> Result<Option<String>, Status> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    convert::parse_id(field, s)
+        .map(Some)
+        .map_err(|e| Status::from(CaError::from(e)))
+}
+
+#[tonic::async_trait]
+impl v1::certificates_server::Certificates for CertificatesService {
+    async fn get_certificate(
+        &self,
+        request: Request<v1::GetCertificateRequest>,
+    ) -> Result<Response<v1::Certificate>, Status> {
+        let serial = serial_arg("serial", &request.get_ref().serial)?;
+        let c = self.authority.certificate(&serial).await?;
+        Ok(Response::new(cert_msg(&c)))
+    }
+
+    async fn list_certificates(
+        &self,
+        request: Request<v1::ListCertificatesRequest>,
+    ) -> Result<Response<v1::ListCertificatesResponse>, Status> {
+        let r = request.into_inner();
+        let revoked = match v1::CertificateState::try_from(r.status) {
+            Ok(v1::CertificateState::Unspecified) => None,
+            Ok(v1::CertificateState::Revoked) => Some(true),
+            Ok(v1::CertificateState::Valid) | Ok(v1::CertificateState::Expired) => Some(false),
+            Err(_) => {
+                return Err(CaError::invalid("status", format!("unknown value {}", r.status)).into());
+            }
+        };
+        let filter = CertFilter {
+            facility_id: optional_id("facility_id", &r.facility_id)?,
+            person_id: optional_id("person_id", &r.person_id)?,
+            device_id: optional_id("device_id", &r.device_id)?,
+            issuer_id: None,
+            revoked,
+        };
+        let want_expired = r.status == v1::CertificateState::Expired as i32;
+        let want_valid = r.status == v1::CertificateState::Valid as i32;
+        let (page, next) = self
+            .authority
+            .list_certificates(filter, r.page_size, &r.page_token)
+            .await?;
+        let now = OffsetDateTime::now_utc();
+        let certificates = page
+            .iter()
+            .filter(|c| !want_expired || c.not_after < now)
+            .filter(|c| !want_valid || c.not_after >= now)
+            .map(cert_msg)
+            .collect();
+        Ok(Response::new(v1::ListCertificatesResponse {
+            certificates,
+            next_page_token: next,
+        }))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<v1::RevokeRequest>,
+    ) -> Result<Response<v1::RevokeResponse>, Status> {
+        let who = caller(&request)?;
+        let req = convert::Revoke::try_from(request.into_inner()).map_err(CaError::from)?;
+        let target = match req.target {
+            convert::RevokeTarget::Serial(s) => RevokeTarget::Serial(s),
+            convert::RevokeTarget::Device(d) => RevokeTarget::Device(d),
+            convert::RevokeTarget::Person(p) => RevokeTarget::Person(p),
+            convert::RevokeTarget::Facility(f) => RevokeTarget::Facility(f),
+        };
+        let certs = self
+            .authority
+            .revoke(&who, target, req.reason, req.invalidity_date)
+            .await?;
+        Ok(Response::new(v1::RevokeResponse {
+            revoked_serials: certs.into_iter().map(|c| c.serial).collect(),
+        }))
+    }
+}
+
+/// `pki.ca.v1.Revocation`.
+pub struct RevocationService {
+    /// The authority.
+    pub authority: Arc<Authority>,
+}
+
+type CrlStream = Pin<Box<dyn Stream<Item = Result<v1::Crl, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl v1::revocation_server::Revocation for RevocationService {
+    async fn get_ca_chain(
+        &self,
+        _request: Request<v1::GetCaChainRequest>,
+    ) -> Result<Response<v1::CaChain>, Status> {
+        Ok(Response::new(v1::CaChain {
+            certificates_der: self.authority.ca_chain().await?,
+        }))
+    }
+
+    async fn get_crl(
+        &self,
+        request: Request<v1::GetCrlRequest>,
+    ) -> Result<Response<v1::Crl>, Status> {
+        let crl = self.authority.crl(&request.get_ref().issuer_id).await?;
+        Ok(Response::new(crl_msg(&crl)))
+    }
+
+    type WatchCrlStream = CrlStream;
+
+    async fn watch_crl(
+        &self,
+        request: Request<v1::WatchCrlRequest>,
+    ) -> Result<Response<Self::WatchCrlStream>, Status> {
+        let rx = self.authority.watch_crl(&request.get_ref().issuer_id).await?;
+        let stream = tokio_stream::wrappers::WatchStream::new(rx)
+            .filter_map(|c| c.map(|c| Ok(crl_msg(&c))));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn check_status(
+        &self,
+        request: Request<v1::CheckStatusRequest>,
+    ) -> Result<Response<v1::CertificateStatus>, Status> {
+        let serial = serial_arg("serial", &request.get_ref().serial)?;
+        use v1::certificate_status::Status as S;
+        let msg = match self.authority.check_status(&serial).await? {
+            StatusAnswer::Good => v1::CertificateStatus {
+                status: S::Good as i32,
+                revoked_at: None,
+                reason: 0,
+            },
+            StatusAnswer::Unknown => v1::CertificateStatus {
+                status: S::Unknown as i32,
+                revoked_at: None,
+                reason: 0,
+            },
+            StatusAnswer::Revoked(r) => v1::CertificateStatus {
+                status: S::Revoked as i32,
+                revoked_at: ts(r.revoked_at),
+                reason: v1::RevocationReason::from(r.reason) as i32,
+            },
+        };
+        Ok(Response::new(msg))
+    }
+
+    async fn ocsp(
+        &self,
+        request: Request<v1::OcspRequest>,
+    ) -> Result<Response<v1::OcspResponse>, Status> {
+        let der = self.authority.ocsp(&request.get_ref().der);
+        Ok(Response::new(v1::OcspResponse { der }))
+    }
+}
+
+use tokio_stream::StreamExt as _;
+
+/// `pki.ca.v1.Admin`.
+pub struct AdminService {
+    /// The authority.
+    pub authority: Arc<Authority>,
+    /// Passphrase of the sealed keys, to reload issuers after a rotation.
+    pub passphrase: crate::keys::Passphrase,
+}
+
+fn issuer_state(s: IssuerState) -> v1::IssuerState {
+    match s {
+        IssuerState::Active => v1::IssuerState::Active,
+        IssuerState::Retiring => v1::IssuerState::Retiring,
+        IssuerState::Retired => v1::IssuerState::Retired,
+    }
+}
+
+impl AdminService {
+    async fn issuers(&self) -> Result<Vec<v1::Issuer>, Status> {
+        Ok(self
+            .authority
+            .list_issuers()
+            .await?
+            .into_iter()
+            .map(|v| v1::Issuer {
+                id: v.record.id,
+                state: issuer_state(v.record.state) as i32,
+                certificate_der: v.record.cert_der,
+                not_before: ts(v.record.not_before),
+                not_after: ts(v.record.not_after),
+                certificate_count: v.certificate_count,
+                crl_number: v.crl_number,
+            })
+            .collect())
+    }
+}
+
+type BackupStream = Pin<Box<dyn Stream<Item = Result<v1::BackupChunk, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl v1::admin_server::Admin for AdminService {
+    async fn list_issuers(
+        &self,
+        _request: Request<v1::ListIssuersRequest>,
+    ) -> Result<Response<v1::ListIssuersResponse>, Status> {
+        Ok(Response::new(v1::ListIssuersResponse {
+            issuers: self.issuers().await?,
+        }))
+    }
+
+    async fn publish_crl(
+        &self,
+        request: Request<v1::PublishCrlRequest>,
+    ) -> Result<Response<v1::Crl>, Status> {
+        let who = caller(&request)?;
+        let id = request.get_ref().issuer_id.clone();
+        if id.is_empty() {
+            // All issuers; answer with the active one's.
+            let mut active = None;
+            for v in self.authority.list_issuers().await? {
+                if v.record.state == IssuerState::Retired {
+                    continue;
+                }
+                let crl = self.authority.publish_crl(&v.record.id, &who.actor()).await?;
+                if v.record.state == IssuerState::Active {
+                    active = Some(crl);
+                }
+            }
+            let crl = match active {
+                Some(c) => c,
+                None => self.authority.publish_crl("", &who.actor()).await?,
+            };
+            return Ok(Response::new(crl_msg(&crl)));
+        }
+        let crl = self.authority.publish_crl(&id, &who.actor()).await?;
+        Ok(Response::new(crl_msg(&crl)))
+    }
+
+    async fn verify_audit(
+        &self,
+        _request: Request<v1::VerifyAuditRequest>,
+    ) -> Result<Response<v1::VerifyAuditResponse>, Status> {
+        let v = self.authority.verify_audit().await?;
+        Ok(Response::new(v1::VerifyAuditResponse {
+            ok: v.ok,
+            entries: v.entries,
+            first_bad_entry: v.first_bad_entry.unwrap_or(0),
+            problem: v.problem.unwrap_or_default(),
+        }))
+    }
+
+    async fn reload_issuers(
+        &self,
+        _request: Request<v1::ReloadIssuersRequest>,
+    ) -> Result<Response<v1::ListIssuersResponse>, Status> {
+        self.authority.reload_issuers(&self.passphrase).await?;
+        Ok(Response::new(v1::ListIssuersResponse {
+            issuers: self.issuers().await?,
+        }))
+    }
+
+    async fn get_status(
+        &self,
+        _request: Request<v1::GetStatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        let issuers = self.issuers().await?;
+        let tickets_by_state = self
+            .authority
+            .ticket_counts()
+            .await?
+            .into_iter()
+            .map(|(s, n)| (s.to_string(), n))
+            .collect();
+        let mut total = 0;
+        let mut revoked = 0;
+        let mut crls = Vec::new();
+        let now = OffsetDateTime::now_utc();
+        for i in &issuers {
+            let (t, r, _) = self
+                .authority
+                .certificate_counts(&i.id)
+                .await?;
+            total += t;
+            revoked += r;
+            if let Some(c) = self.authority.latest_crl(&i.id).await? {
+                crls.push(v1::CrlInfo {
+                    issuer_id: c.issuer_id.clone(),
+                    number: c.number,
+                    this_update: ts(c.this_update),
+                    next_update: ts(c.next_update),
+                    age_seconds: u64::try_from((now - c.this_update).whole_seconds()).unwrap_or(0),
+                });
+            }
+        }
+        Ok(Response::new(v1::StatusResponse {
+            issuers,
+            tickets_by_state,
+            certificates_total: total,
+            certificates_revoked: revoked,
+            crls,
+        }))
+    }
+
+    type BackupStream = BackupStream;
+
+    async fn backup(
+        &self,
+        request: Request<v1::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let who = caller(&request)?;
+        let bytes = self.authority.backup_bytes(&who).await?;
+        let chunks: Vec<Result<v1::BackupChunk, Status>> = bytes
+            .chunks(1 << 20)
+            .map(|c| Ok(v1::BackupChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+}

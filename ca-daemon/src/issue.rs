@@ -1,0 +1,384 @@
+//! End-entity certificate issuance (DESIGN §4) and the lint that runs before a certificate
+//! leaves the daemon.
+//!
+//! Issuance policy lives here and in `pki-policy`, never in rcgen defaults: the serial is always
+//! 128 random bits, the validity is always set explicitly (policy, capped at the issuer's
+//! `notAfter`), the subject uses UTF8String for the Japanese names and PrintableString for `C`.
+//!
+//! **Lint before release.** Boulder signs a throw-away "lint certificate", lints it, and only
+//! then signs the real one. We sign once, parse the result with an independent parser
+//! (`x509-parser`) and check it against the profile and the request; a certificate that fails
+//! is never stored, returned or logged, and its serial is burnt. The issuance cycle is written
+//! down in `docs/issuance-cycle.md`.
+
+use pki_policy::domain::Enrollee;
+use rcgen::{
+    CertificateParams, CrlDistributionPoint, CustomExtension, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+use x509_parser::prelude::*;
+use zeroize::Zeroizing;
+
+use crate::keys::{self, KeyType};
+
+/// Errors of issuance.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssueError {
+    /// Key generation failed.
+    #[error("key generation failed: {0}")]
+    Key(#[from] keys::KeyError),
+    /// rcgen refused the parameters or failed to sign.
+    #[error("certificate construction failed: {0}")]
+    Build(#[from] rcgen::Error),
+    /// The issuer certificate could not be used.
+    #[error("the issuing CA certificate is unusable: {0}")]
+    Issuer(String),
+    /// The issuer expires before a useful certificate could be issued.
+    #[error("the active issuer expires at {not_after}; rotate the issuing CA")]
+    IssuerExpiring {
+        /// The issuer's notAfter.
+        not_after: OffsetDateTime,
+    },
+    /// The signed certificate does not match its profile; it was not released.
+    #[error("issued certificate failed lint: {0}")]
+    Lint(String),
+}
+
+/// The URLs embedded in a certificate.
+#[derive(Debug, Clone)]
+pub struct CertUrls {
+    /// CRL distribution point (must equal the issuer CRL's IDP URI).
+    pub crl: String,
+    /// OCSP responder (AIA id-ad-ocsp).
+    pub ocsp: String,
+    /// Issuer certificate download (AIA id-ad-caIssuers).
+    pub ca_issuers: String,
+}
+
+/// What a leaf is issued for and by whom.
+pub struct LeafRequest<'a> {
+    /// The enrollee (facility, person, device).
+    pub enrollee: &'a Enrollee,
+    /// The certificate profile.
+    pub profile: &'a pki_policy::CertProfile,
+    /// The issuing CA certificate (DER).
+    pub issuer_cert_der: &'a [u8],
+    /// The issuing CA key.
+    pub issuer_key: &'a KeyPair,
+    /// The issuing CA's notAfter: the leaf never outlives it.
+    pub issuer_not_after: OffsetDateTime,
+    /// Embedded URLs.
+    pub urls: &'a CertUrls,
+    /// Issuance time.
+    pub now: OffsetDateTime,
+}
+
+/// A freshly issued leaf and its private key.
+pub struct IssuedLeaf {
+    /// Serial, lowercase hex.
+    pub serial_hex: String,
+    /// Certificate DER.
+    pub der: Vec<u8>,
+    /// Private key, PKCS#8 DER.
+    pub key_pkcs8: Zeroizing<Vec<u8>>,
+    /// notBefore.
+    pub not_before: OffsetDateTime,
+    /// notAfter.
+    pub not_after: OffsetDateTime,
+}
+
+impl std::fmt::Debug for IssuedLeaf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedLeaf")
+            .field("serial_hex", &self.serial_hex)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The SAN URI that identifies facility, person and device (ids are `[A-Za-z0-9._:-]`, so `/`
+/// separates them unambiguously).
+pub fn enrollee_uri(e: &Enrollee) -> String {
+    format!(
+        "urn:pki:device:{}/{}/{}",
+        e.facility.id, e.person.id, e.device.id
+    )
+}
+
+/// Backdating of notBefore to tolerate device clock skew.
+const CLOCK_SKEW: Duration = Duration::minutes(5);
+
+/// Issues a leaf certificate: generates the key, signs, lints.
+pub fn issue_leaf(req: &LeafRequest<'_>) -> Result<IssuedLeaf, IssueError> {
+    let key_type = match req.profile.key {
+        pki_policy::KeyType::P256 => KeyType::P256,
+        pki_policy::KeyType::Rsa2048 => KeyType::Rsa2048,
+        pki_policy::KeyType::Rsa3072 => KeyType::Rsa3072,
+    };
+    let generated = keys::generate(key_type)?;
+
+    let not_before = req.now - CLOCK_SKEW;
+    let wanted = req.now + Duration::days(i64::from(req.profile.validity_days));
+    let not_after = wanted.min(req.issuer_not_after);
+    if not_after <= req.now + Duration::days(1) {
+        return Err(IssueError::IssuerExpiring {
+            not_after: req.issuer_not_after,
+        });
+    }
+    // X.509 time has second precision.
+    let not_before = not_before.replace_nanosecond(0).unwrap_or(not_before);
+    let not_after = not_after.replace_nanosecond(0).unwrap_or(not_after);
+
+    let subject = req.profile.subject.render(req.enrollee);
+    let mut dn = DistinguishedName::new();
+    let country = rcgen::string::PrintableString::try_from(subject.country.as_str())
+        .map_err(|_| IssueError::Lint("subject country is not a PrintableString".into()))?;
+    dn.push(DnType::CountryName, DnValue::PrintableString(country));
+    dn.push(
+        DnType::OrganizationName,
+        DnValue::Utf8String(subject.organization.clone()),
+    );
+    if let Some(ou) = &subject.organizational_unit {
+        dn.push(
+            DnType::OrganizationalUnitName,
+            DnValue::Utf8String(ou.clone()),
+        );
+    }
+    dn.push(
+        DnType::CommonName,
+        DnValue::Utf8String(subject.common_name.clone()),
+    );
+
+    let serial = keys::random_serial();
+    let serial_hex = hex::encode(serial.to_bytes());
+    let uri = enrollee_uri(req.enrollee);
+
+    let mut params = CertificateParams::default();
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.serial_number = Some(serial);
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![SanType::URI(
+        rcgen::string::Ia5String::try_from(uri.clone())
+            .map_err(|_| IssueError::Lint("SAN URI is not IA5".into()))?,
+    )];
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.key_usages = req
+        .profile
+        .key_usage
+        .iter()
+        .map(|ku| match ku {
+            pki_policy::KeyUsage::DigitalSignature => KeyUsagePurpose::DigitalSignature,
+            pki_policy::KeyUsage::KeyEncipherment => KeyUsagePurpose::KeyEncipherment,
+        })
+        .collect();
+    params.extended_key_usages = req
+        .profile
+        .extended_key_usage
+        .iter()
+        .map(|eku| match eku {
+            pki_policy::ExtKeyUsage::ClientAuth => ExtendedKeyUsagePurpose::ClientAuth,
+        })
+        .collect();
+    params.crl_distribution_points = vec![CrlDistributionPoint {
+        uris: vec![req.urls.crl.clone()],
+    }];
+    params.custom_extensions = vec![aia_extension(&req.urls.ocsp, &req.urls.ca_issuers)];
+    params.use_authority_key_identifier_extension = true;
+
+    let issuer = Issuer::from_ca_cert_der(&req.issuer_cert_der.into(), req.issuer_key)
+        .map_err(|e| IssueError::Issuer(e.to_string()))?;
+    let cert = params.signed_by(&generated.key_pair, &issuer)?;
+    let der = cert.der().to_vec();
+
+    lint_leaf(&der, req, &serial_hex, &uri, &subject)?;
+
+    Ok(IssuedLeaf {
+        serial_hex,
+        der,
+        key_pkcs8: generated.pkcs8,
+        not_before,
+        not_after,
+    })
+}
+
+/// OID arcs of the AuthorityInfoAccess extension.
+const OID_AIA: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 1, 1];
+
+/// Encodes a DER length.
+fn der_len(len: usize, out: &mut Vec<u8>) {
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+}
+
+fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 4);
+    out.push(tag);
+    der_len(content.len(), &mut out);
+    out.extend_from_slice(content);
+    out
+}
+
+/// AuthorityInfoAccess with id-ad-ocsp and id-ad-caIssuers URIs (rcgen has no builder for it).
+fn aia_extension(ocsp: &str, ca_issuers: &str) -> CustomExtension {
+    // id-ad-ocsp 1.3.6.1.5.5.7.48.1 and id-ad-caIssuers 1.3.6.1.5.5.7.48.2, DER-encoded.
+    const AD_OCSP: [u8; 8] = [0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01];
+    const AD_CA_ISSUERS: [u8; 8] = [0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x02];
+    let access = |oid: &[u8], uri: &str| {
+        let mut body = der_tlv(0x06, oid);
+        body.extend(der_tlv(0x86, uri.as_bytes()));
+        der_tlv(0x30, &body)
+    };
+    let mut seq = access(&AD_OCSP, ocsp);
+    seq.extend(access(&AD_CA_ISSUERS, ca_issuers));
+    CustomExtension::from_oid_content(OID_AIA, der_tlv(0x30, &seq))
+}
+
+/// Checks a signed leaf against its profile and request with an independent parser.
+fn lint_leaf(
+    der: &[u8],
+    req: &LeafRequest<'_>,
+    serial_hex: &str,
+    uri: &str,
+    subject: &pki_policy::Subject,
+) -> Result<(), IssueError> {
+    let fail = |m: String| Err(IssueError::Lint(m));
+    let (rest, cert) = X509Certificate::from_der(der)
+        .map_err(|e| IssueError::Lint(format!("does not parse: {e}")))?;
+    if !rest.is_empty() {
+        return fail("trailing bytes after the certificate".into());
+    }
+    let (_, issuer) = X509Certificate::from_der(req.issuer_cert_der)
+        .map_err(|e| IssueError::Issuer(e.to_string()))?;
+    if cert.version() != X509Version::V3 {
+        return fail("not a v3 certificate".into());
+    }
+    let raw_serial = cert.raw_serial();
+    if raw_serial.len() != 16 || raw_serial[0] & 0x80 != 0 || raw_serial[0] == 0 {
+        return fail("serial is not 128 bits, positive, minimal".into());
+    }
+    if hex::encode(raw_serial) != serial_hex {
+        return fail("serial differs from the one drawn".into());
+    }
+    if cert.issuer().as_raw() != issuer.subject().as_raw() {
+        return fail("issuer name differs from the CA's subject".into());
+    }
+    if cert.validity().not_after.to_datetime() > issuer.validity().not_after.to_datetime() {
+        return fail("validity extends beyond the issuer's".into());
+    }
+    // Subject: O and CN byte-identical, as UTF8String.
+    let check_attr = |oid: &der_parser_oid::Oid<'_>, want: &str, name: &str| {
+        let mut found = false;
+        for attr in cert.subject().iter_attributes() {
+            if attr.attr_type() == oid {
+                if attr.attr_value().header.tag() != x509_parser::der_parser::asn1_rs::Tag::Utf8String {
+                    return Err(IssueError::Lint(format!("{name} is not a UTF8String")));
+                }
+                if attr.attr_value().data != want.as_bytes() {
+                    return Err(IssueError::Lint(format!("{name} differs from the request")));
+                }
+                found = true;
+            }
+        }
+        if found {
+            Ok(())
+        } else {
+            Err(IssueError::Lint(format!("{name} missing")))
+        }
+    };
+    check_attr(&oid_registry::OID_X509_ORGANIZATION_NAME, &subject.organization, "O")?;
+    check_attr(&oid_registry::OID_X509_COMMON_NAME, &subject.common_name, "CN")?;
+
+    let mut saw = (false, false, false, false, false, false);
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::BasicConstraints(bc) => {
+                if bc.ca {
+                    return fail("leaf is marked as CA".into());
+                }
+                saw.0 = true;
+            }
+            ParsedExtension::KeyUsage(ku) => {
+                let want_ds = req
+                    .profile
+                    .key_usage
+                    .contains(&pki_policy::KeyUsage::DigitalSignature);
+                let want_ke = req
+                    .profile
+                    .key_usage
+                    .contains(&pki_policy::KeyUsage::KeyEncipherment);
+                if ku.digital_signature() != want_ds
+                    || ku.key_encipherment() != want_ke
+                    || ku.key_cert_sign()
+                    || ku.crl_sign()
+                {
+                    return fail("key usage differs from the profile".into());
+                }
+                saw.1 = true;
+            }
+            ParsedExtension::ExtendedKeyUsage(eku) => {
+                if !eku.client_auth || eku.server_auth || eku.any {
+                    return fail("extended key usage differs from the profile".into());
+                }
+                saw.2 = true;
+            }
+            ParsedExtension::SubjectAlternativeName(san) => {
+                let ok = san
+                    .general_names
+                    .iter()
+                    .any(|g| matches!(g, GeneralName::URI(u) if *u == uri));
+                if !ok {
+                    return fail("SAN URI missing".into());
+                }
+                saw.3 = true;
+            }
+            ParsedExtension::CRLDistributionPoints(cdp) => {
+                let ok = cdp.iter().any(|dp| {
+                    matches!(&dp.distribution_point,
+                        Some(DistributionPointName::FullName(names))
+                            if names.iter().any(|g| matches!(g, GeneralName::URI(u) if *u == req.urls.crl)))
+                });
+                if !ok {
+                    return fail("CRL distribution point differs from the issuer's CRL URL".into());
+                }
+                saw.4 = true;
+            }
+            ParsedExtension::AuthorityInfoAccess(aia) => {
+                let ok = aia.accessdescs.iter().any(|d| {
+                    matches!(&d.access_location, GeneralName::URI(u) if *u == req.urls.ocsp)
+                });
+                if !ok {
+                    return fail("AIA lacks the OCSP URL".into());
+                }
+                saw.5 = true;
+            }
+            _ => {}
+        }
+    }
+    if saw != (true, true, true, true, true, true) {
+        return fail(format!(
+            "missing extension (basicConstraints, KU, EKU, SAN, CDP, AIA present: {saw:?})"
+        ));
+    }
+    if cert.get_extension_unique(&oid_registry::OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER)
+        .ok()
+        .flatten()
+        .is_none()
+        || cert
+            .get_extension_unique(&oid_registry::OID_X509_EXT_SUBJECT_KEY_IDENTIFIER)
+            .ok()
+            .flatten()
+            .is_none()
+    {
+        return fail("AKI or SKI missing".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! Prometheus metrics (text exposition format) on `--metrics-listen`.
+//!
+//! One process-wide registry: the daemon is one process, and threading a registry through
+//! every layer would add noise for no gain. Names follow Prometheus conventions
+//! (`ca_` prefix, `_total` counters, `_seconds` histograms).
+
+use std::sync::OnceLock;
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label set with one `outcome` / `status` / `issuer` / `method` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Label {
+    /// The label value.
+    pub value: String,
+}
+
+/// Per-issuer label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerLabel {
+    /// Issuer id.
+    pub issuer: String,
+}
+
+/// Per-method label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    /// gRPC method or HTTP route.
+    pub method: String,
+}
+
+/// The metrics of the daemon.
+pub struct Metrics {
+    registry: Registry,
+    /// Certificates issued.
+    pub issuances: Counter,
+    /// Redemptions by outcome (ok, bad_credentials, not_redeemable, error).
+    pub redemptions: Family<Label, Counter>,
+    /// Tickets created.
+    pub tickets_created: Counter,
+    /// Certificates revoked (newly).
+    pub revocations: Counter,
+    /// OCSP responses by status (good, revoked, unknown, malformed, unauthorized).
+    pub ocsp: Family<Label, Counter>,
+    /// Latest CRL number per issuer.
+    pub crl_number: Family<IssuerLabel, Gauge>,
+    /// thisUpdate of the latest CRL per issuer (unix seconds), for age alerts.
+    pub crl_this_update: Family<IssuerLabel, Gauge>,
+    /// Request latency per method.
+    pub latency: Family<MethodLabel, Histogram>,
+}
+
+fn build() -> Metrics {
+    let mut registry = Registry::with_prefix("ca");
+    let issuances = Counter::default();
+    registry.register("certificates_issued", "Certificates issued", issuances.clone());
+    let redemptions = Family::<Label, Counter>::default();
+    registry.register(
+        "redemptions",
+        "Ticket redemptions by outcome",
+        redemptions.clone(),
+    );
+    let tickets_created = Counter::default();
+    registry.register("tickets_created", "Tickets created", tickets_created.clone());
+    let revocations = Counter::default();
+    registry.register("revocations", "Certificates revoked", revocations.clone());
+    let ocsp = Family::<Label, Counter>::default();
+    registry.register("ocsp_responses", "OCSP responses by status", ocsp.clone());
+    let crl_number = Family::<IssuerLabel, Gauge>::default();
+    registry.register("crl_number", "Latest CRL number per issuer", crl_number.clone());
+    let crl_this_update = Family::<IssuerLabel, Gauge>::default();
+    registry.register(
+        "crl_this_update_seconds",
+        "thisUpdate of the latest CRL per issuer, unix time",
+        crl_this_update.clone(),
+    );
+    let latency = Family::<MethodLabel, Histogram>::new_with_constructor(|| {
+        Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+    });
+    registry.register(
+        "request_duration_seconds",
+        "Request latency by method",
+        latency.clone(),
+    );
+    Metrics {
+        registry,
+        issuances,
+        redemptions,
+        tickets_created,
+        revocations,
+        ocsp,
+        crl_number,
+        crl_this_update,
+        latency,
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(build)
+}
+
+/// Counts one outcome in a labelled counter family.
+pub fn inc(family: &Family<Label, Counter>, value: &str) {
+    family
+        .get_or_create(&Label {
+            value: value.to_string(),
+        })
+        .inc();
+}
+
+/// Renders the registry in the Prometheus text format.
+pub fn render() -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &metrics().registry).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// The `/metrics` router.
+pub fn router() -> Router {
+    Router::new().route(
+        "/metrics",
+        get(|| async {
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                render(),
+            )
+                .into_response()
+        }),
+    )
+}

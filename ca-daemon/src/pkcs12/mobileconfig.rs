@@ -1,0 +1,473 @@
+//! The Apple configuration profile (`.mobileconfig`) for macOS and iOS devices.
+//!
+//! An XML property list of `PayloadType` `Configuration` holding two payloads:
+//! - `com.apple.security.pkcs12`: the PFX as `<data>`, with **no** `Password` key, so the device
+//!   asks for the ticket password while installing (the profile file itself then carries no
+//!   secret beyond the password-encrypted PFX);
+//! - `com.apple.security.root`: the root CA certificate (DER), so the device trusts the chain.
+//!
+//! Every `PayloadUUID` is a UUID v5 of the certificate serial (and the payload's role), and every
+//! `PayloadIdentifier` is [`PAYLOAD_IDENTIFIER_PREFIX`]`.<serial>[.role]`: building the profile
+//! twice for one certificate gives the same identifiers, so a re-install replaces the profile
+//! instead of adding a second one, and two certificates never collide.
+//!
+//! The profile is unsigned (see the [module doc](crate::pkcs12)).
+
+use base64::Engine as _;
+use uuid::Uuid;
+
+use super::Pkcs12Error;
+
+/// Reverse-DNS prefix of every `PayloadIdentifier` this daemon writes.
+pub const PAYLOAD_IDENTIFIER_PREFIX: &str = "jp.care-network.pki.device-certificate";
+
+/// Namespace of the payload UUIDs (a UUID v5 of the identifier prefix in the URL namespace, so
+/// it is fixed forever and derivable by anyone).
+fn uuid_namespace() -> Uuid {
+    Uuid::new_v5(&Uuid::NAMESPACE_URL, PAYLOAD_IDENTIFIER_PREFIX.as_bytes())
+}
+
+/// Product name shown at the start of the profile's display name.
+const PRODUCT_NAME: &str = "電子@連絡帳";
+
+/// Longest serial accepted, in hex digits (RFC 5280: at most 20 octets).
+const MAX_SERIAL_HEX: usize = 40;
+/// Longest text field accepted, in characters.
+const MAX_TEXT_CHARS: usize = 256;
+
+/// What goes into a `.mobileconfig`.
+#[derive(Debug, Clone, Copy)]
+pub struct MobileconfigInput<'a> {
+    /// The PFX built by [`super::build_pfx`] for an Apple profile (password-encrypted).
+    pub pfx: &'a [u8],
+    /// File name of the PFX shown by the device (`PayloadCertificateFileName`), e.g. `yamada.p12`.
+    pub pfx_file_name: &'a str,
+    /// DER of the root CA certificate.
+    pub root_der: &'a [u8],
+    /// Display name of the root CA certificate (its CN, for instance).
+    pub root_name: &'a str,
+    /// The name in the profile's title (Japanese allowed; e.g. the person's name): the profile is
+    /// shown as `電子@連絡帳 端末証明書 (<display_name>)`.
+    pub display_name: &'a str,
+    /// `PayloadOrganization` (the operating organisation, Japanese allowed).
+    pub organization: &'a str,
+    /// The certificate serial in hex (upper or lower case, no separators); the identifiers and
+    /// UUIDs are derived from it.
+    pub serial_hex: &'a str,
+}
+
+/// Builds the `.mobileconfig` (UTF-8 XML property list) for one certificate.
+///
+/// # Errors
+///
+/// [`Pkcs12Error::InvalidMobileconfigInput`] when a field is empty, too long, contains a
+/// character XML 1.0 cannot carry, or the serial is not hex.
+pub fn build_mobileconfig(input: &MobileconfigInput<'_>) -> Result<Vec<u8>, Pkcs12Error> {
+    let invalid = |field, reason| Pkcs12Error::InvalidMobileconfigInput { field, reason };
+    if input.pfx.is_empty() {
+        return Err(invalid("pfx", "it is empty"));
+    }
+    if input.root_der.is_empty() {
+        return Err(invalid("root_der", "it is empty"));
+    }
+    check_text("pfx_file_name", input.pfx_file_name)?;
+    check_text("root_name", input.root_name)?;
+    check_text("display_name", input.display_name)?;
+    check_text("organization", input.organization)?;
+    let serial = normalize_serial(input.serial_hex)?;
+
+    let namespace = uuid_namespace();
+    let uuid = |role: &str| {
+        Uuid::new_v5(&namespace, format!("{serial}/{role}").as_bytes())
+            .hyphenated()
+            .to_string()
+            .to_uppercase()
+    };
+    let identifier = format!("{PAYLOAD_IDENTIFIER_PREFIX}.{serial}");
+    let title = format!("{PRODUCT_NAME} 端末証明書 ({})", input.display_name);
+    let description = format!(
+        "{} の端末証明書と、それを発行したルート CA 証明書をインストールします。\
+         インストールの途中で、証明書と一緒にお知らせした 8 桁のパスワードを入力してください。",
+        input.organization
+    );
+
+    let mut x = String::with_capacity(4096 + (input.pfx.len() + input.root_der.len()) * 14 / 10);
+    x.push_str(concat!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n",
+        "<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" ",
+        "\"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n",
+        "<plist version=\"1.0\">\n",
+        "<dict>\n",
+        "\t<key>PayloadContent</key>\n",
+        "\t<array>\n",
+    ));
+
+    // The PKCS#12 payload: no Password key, so the device asks for it.
+    x.push_str("\t\t<dict>\n");
+    string(&mut x, 3, "PayloadCertificateFileName", input.pfx_file_name);
+    data(&mut x, 3, "PayloadContent", input.pfx);
+    string(
+        &mut x,
+        3,
+        "PayloadDescription",
+        "端末証明書と秘密鍵 (PKCS#12)",
+    );
+    string(
+        &mut x,
+        3,
+        "PayloadDisplayName",
+        &format!("端末証明書 ({})", input.display_name),
+    );
+    string(
+        &mut x,
+        3,
+        "PayloadIdentifier",
+        &format!("{identifier}.pkcs12"),
+    );
+    string(&mut x, 3, "PayloadType", "com.apple.security.pkcs12");
+    string(&mut x, 3, "PayloadUUID", &uuid("pkcs12"));
+    integer(&mut x, 3, "PayloadVersion", 1);
+    x.push_str("\t\t</dict>\n");
+
+    // The root CA payload.
+    x.push_str("\t\t<dict>\n");
+    string(&mut x, 3, "PayloadCertificateFileName", "root-ca.cer");
+    data(&mut x, 3, "PayloadContent", input.root_der);
+    string(&mut x, 3, "PayloadDescription", "ルート CA 証明書");
+    string(&mut x, 3, "PayloadDisplayName", input.root_name);
+    string(
+        &mut x,
+        3,
+        "PayloadIdentifier",
+        &format!("{identifier}.root"),
+    );
+    string(&mut x, 3, "PayloadType", "com.apple.security.root");
+    string(&mut x, 3, "PayloadUUID", &uuid("root"));
+    integer(&mut x, 3, "PayloadVersion", 1);
+    x.push_str("\t\t</dict>\n");
+
+    x.push_str("\t</array>\n");
+    string(&mut x, 1, "PayloadDescription", &description);
+    string(&mut x, 1, "PayloadDisplayName", &title);
+    string(&mut x, 1, "PayloadIdentifier", &identifier);
+    string(&mut x, 1, "PayloadOrganization", input.organization);
+    key(&mut x, 1, "PayloadRemovalDisallowed");
+    x.push_str("<false/>\n");
+    string(&mut x, 1, "PayloadType", "Configuration");
+    string(&mut x, 1, "PayloadUUID", &uuid("configuration"));
+    integer(&mut x, 1, "PayloadVersion", 1);
+    x.push_str("</dict>\n</plist>\n");
+
+    tracing::debug!(serial = %serial, bytes = x.len(), "mobileconfig built");
+    Ok(x.into_bytes())
+}
+
+/// Lowercase hex without leading zeros (so `00AB` and `ab` name the same certificate).
+fn normalize_serial(serial_hex: &str) -> Result<String, Pkcs12Error> {
+    let invalid = |reason| Pkcs12Error::InvalidMobileconfigInput {
+        field: "serial_hex",
+        reason,
+    };
+    if serial_hex.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if serial_hex.len() > MAX_SERIAL_HEX + 2 {
+        return Err(invalid("it is longer than 20 octets"));
+    }
+    if !serial_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid("it is not hexadecimal"));
+    }
+    let trimmed = serial_hex.trim_start_matches('0');
+    if trimmed.len() > MAX_SERIAL_HEX {
+        return Err(invalid("it is longer than 20 octets"));
+    }
+    if trimmed.is_empty() {
+        return Err(invalid("it is zero"));
+    }
+    Ok(trimmed.to_ascii_lowercase())
+}
+
+/// Non-empty, bounded, and only characters XML 1.0 can carry (no C0 controls except tab, LF,
+/// CR; no U+FFFE / U+FFFF). Rust strings hold no lone surrogates.
+fn check_text(field: &'static str, value: &str) -> Result<(), Pkcs12Error> {
+    let invalid = |reason| Pkcs12Error::InvalidMobileconfigInput { field, reason };
+    if value.trim().is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if value.chars().count() > MAX_TEXT_CHARS {
+        return Err(invalid("it is longer than 256 characters"));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() || c == '\u{FFFE}' || c == '\u{FFFF}')
+    {
+        return Err(invalid("it contains control characters"));
+    }
+    Ok(())
+}
+
+/// Escapes the characters XML gives a meaning to.
+fn escape(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn key(out: &mut String, depth: usize, name: &str) {
+    indent(out, depth);
+    out.push_str("<key>");
+    escape(out, name);
+    out.push_str("</key>\n");
+    indent(out, depth);
+}
+
+fn string(out: &mut String, depth: usize, name: &str, value: &str) {
+    key(out, depth, name);
+    out.push_str("<string>");
+    escape(out, value);
+    out.push_str("</string>\n");
+}
+
+fn integer(out: &mut String, depth: usize, name: &str, value: u64) {
+    key(out, depth, name);
+    out.push_str(&format!("<integer>{value}</integer>\n"));
+}
+
+/// `<data>` as base64 in lines of 52 characters (what Apple's tools write).
+fn data(out: &mut String, depth: usize, name: &str, bytes: &[u8]) {
+    key(out, depth, name);
+    out.push_str("<data>\n");
+    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+    for line in encoded.as_bytes().chunks(52) {
+        indent(out, depth);
+        // base64 output is ASCII, so every chunk is valid UTF-8.
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    indent(out, depth);
+    out.push_str("</data>\n");
+}
+
+fn indent(out: &mut String, depth: usize) {
+    for _ in 0..depth {
+        out.push('\t');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn sample<'a>(serial: &'a str, display_name: &'a str) -> MobileconfigInput<'a> {
+        MobileconfigInput {
+            pfx: b"\x30\x03\x02\x01\x03 not really a pfx",
+            pfx_file_name: "yamada-hanako.p12",
+            root_der: b"\x30\x00 root",
+            root_name: "電子@連絡帳 ルート CA",
+            display_name,
+            organization: "訪問看護ステーションさくら",
+            serial_hex: serial,
+        }
+    }
+
+    fn text(bytes: &[u8]) -> String {
+        String::from_utf8(bytes.to_vec()).expect("UTF-8")
+    }
+
+    /// The values of every `<key>name</key>` followed by `<string>`, in order.
+    fn strings_of(doc: &str, name: &str) -> Vec<String> {
+        let marker = format!("<key>{name}</key>");
+        doc.match_indices(&marker)
+            .filter_map(|(i, _)| {
+                let rest = doc[i + marker.len()..].trim_start();
+                let rest = rest.strip_prefix("<string>")?;
+                Some(unescape(&rest[..rest.find("</string>")?]))
+            })
+            .collect()
+    }
+
+    fn unescape(s: &str) -> String {
+        s.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&")
+    }
+
+    fn datas(doc: &str) -> Vec<Vec<u8>> {
+        doc.split("<data>")
+            .skip(1)
+            .map(|s| {
+                let b64: String = s[..s.find("</data>").expect("closed")]
+                    .chars()
+                    .filter(|c| !c.is_whitespace())
+                    .collect();
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .expect("base64")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn has_the_two_payloads_and_no_password() {
+        let input = sample("0A1B2C", "山田 花子");
+        let doc = text(&build_mobileconfig(&input).expect("build"));
+        assert!(doc.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE plist"));
+        assert_eq!(
+            strings_of(&doc, "PayloadType"),
+            [
+                "com.apple.security.pkcs12",
+                "com.apple.security.root",
+                "Configuration"
+            ]
+        );
+        assert_eq!(datas(&doc), [input.pfx.to_vec(), input.root_der.to_vec()]);
+        assert!(!doc.contains("<key>Password</key>"));
+        assert_eq!(
+            strings_of(&doc, "PayloadDisplayName")
+                .last()
+                .map(String::as_str),
+            Some("電子@連絡帳 端末証明書 (山田 花子)")
+        );
+        assert_eq!(
+            strings_of(&doc, "PayloadIdentifier"),
+            [
+                format!("{PAYLOAD_IDENTIFIER_PREFIX}.a1b2c.pkcs12"),
+                format!("{PAYLOAD_IDENTIFIER_PREFIX}.a1b2c.root"),
+                format!("{PAYLOAD_IDENTIFIER_PREFIX}.a1b2c"),
+            ]
+        );
+        assert_eq!(
+            strings_of(&doc, "PayloadOrganization"),
+            [input.organization]
+        );
+        assert_eq!(
+            strings_of(&doc, "PayloadCertificateFileName")[0],
+            "yamada-hanako.p12"
+        );
+    }
+
+    #[test]
+    fn uuids_are_stable_per_serial_and_distinct() {
+        let a = text(&build_mobileconfig(&sample("00AB12", "a")).expect("build"));
+        let b = text(&build_mobileconfig(&sample("ab12", "b")).expect("build"));
+        let c = text(&build_mobileconfig(&sample("ab13", "a")).expect("build"));
+        let ua = strings_of(&a, "PayloadUUID");
+        assert_eq!(ua.len(), 3);
+        for u in &ua {
+            let parsed = Uuid::parse_str(u).expect("uuid");
+            assert_eq!(parsed.get_version_num(), 5);
+        }
+        assert_ne!(ua[0], ua[1]);
+        assert_ne!(ua[1], ua[2]);
+        assert_eq!(ua, strings_of(&b, "PayloadUUID"), "same serial, same UUIDs");
+        let uc = strings_of(&c, "PayloadUUID");
+        assert!(
+            ua.iter().all(|u| !uc.contains(u)),
+            "other serial, other UUIDs"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_fields() {
+        let bad = |i: MobileconfigInput<'_>| match build_mobileconfig(&i) {
+            Err(Pkcs12Error::InvalidMobileconfigInput { field, .. }) => field,
+            other => panic!("expected an error, got {other:?}"),
+        };
+        let ok = sample("01", "n");
+        assert_eq!(
+            bad(MobileconfigInput {
+                serial_hex: "",
+                ..ok
+            }),
+            "serial_hex"
+        );
+        assert_eq!(
+            bad(MobileconfigInput {
+                serial_hex: "00",
+                ..ok
+            }),
+            "serial_hex"
+        );
+        assert_eq!(
+            bad(MobileconfigInput {
+                serial_hex: "0x12",
+                ..ok
+            }),
+            "serial_hex"
+        );
+        assert_eq!(
+            bad(MobileconfigInput {
+                serial_hex: &"a".repeat(41),
+                ..ok
+            }),
+            "serial_hex"
+        );
+        assert_eq!(
+            bad(MobileconfigInput {
+                display_name: "a\u{1}b",
+                ..ok
+            }),
+            "display_name"
+        );
+        assert_eq!(
+            bad(MobileconfigInput {
+                organization: " ",
+                ..ok
+            }),
+            "organization"
+        );
+        assert_eq!(
+            bad(MobileconfigInput {
+                root_name: "\u{FFFF}",
+                ..ok
+            }),
+            "root_name"
+        );
+        assert_eq!(bad(MobileconfigInput { pfx: b"", ..ok }), "pfx");
+        assert_eq!(
+            bad(MobileconfigInput {
+                root_der: b"",
+                ..ok
+            }),
+            "root_der"
+        );
+        assert!(
+            build_mobileconfig(&MobileconfigInput {
+                serial_hex: &"f".repeat(40),
+                ..ok
+            })
+            .is_ok()
+        );
+    }
+
+    proptest! {
+        /// Whatever printable text the names hold, it comes back intact and the markup stays
+        /// balanced (no unescaped `<` or `&` inside a string).
+        #[test]
+        fn names_are_escaped(name in "[^\\p{Cc}\u{FFFE}\u{FFFF}]{1,64}") {
+            prop_assume!(!name.trim().is_empty());
+            let doc = text(&build_mobileconfig(&sample("1f", &name)).expect("build"));
+            let names = strings_of(&doc, "PayloadDisplayName");
+            prop_assert_eq!(names.last().cloned(), Some(format!("{PRODUCT_NAME} 端末証明書 ({name})")));
+            prop_assert_eq!(doc.matches("<string>").count(), doc.matches("</string>").count());
+            for s in doc.split("<string>").skip(1) {
+                let inner = &s[..s.find("</string>").expect("closed")];
+                prop_assert!(!inner.contains('<'));
+                prop_assert!(inner.replace("&amp;", "").replace("&lt;", "").replace("&gt;", "")
+                    .replace("&quot;", "").replace("&apos;", "").find('&').is_none());
+            }
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! `ca-daemon serve`: wires keys, store, policy and the authority to the gRPC and HTTP
+//! listeners, runs the background publisher, and shuts down gracefully on SIGTERM/SIGINT
+//! (listeners close, in-flight calls finish).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pki_policy::Policy;
+use pki_proto::v1;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::authority::Authority;
+use crate::grpc::auth::AuthzLayer;
+use crate::grpc::services::{
+    AdminService, CertificatesService, EnrollmentService, RevocationService,
+};
+use crate::keys::Passphrase;
+use crate::store::Store;
+
+/// Everything `serve` needs, resolved from flags and the config file.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// gRPC listen address.
+    pub grpc_listen: SocketAddr,
+    /// HTTP listen address.
+    pub http_listen: SocketAddr,
+    /// Metrics listen address.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Policy file (None = built-in default).
+    pub policy_file: Option<PathBuf>,
+    /// Passphrase file (None = systemd credential or dev passphrase).
+    pub passphrase_file: Option<PathBuf>,
+    /// Create a dev PKI on first run.
+    pub dev: bool,
+    /// Base URL for CRL/OCSP in certificates (init only).
+    pub url_base: Option<String>,
+}
+
+/// Errors that stop the daemon from starting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The policy file is invalid.
+    #[error("policy: {0}")]
+    Policy(String),
+    /// Keys could not be created or loaded.
+    #[error("keys: {0}")]
+    Keys(String),
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Startup of a component failed.
+    #[error("{0}")]
+    Startup(String),
+}
+
+/// Loads the policy file or the built-in default.
+pub fn load_policy(path: Option<&std::path::Path>) -> Result<Policy, ServeError> {
+    match path {
+        None => Ok(Policy::default_policy()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| ServeError::Policy(format!("cannot read {}: {e}", p.display())))?;
+            Policy::from_toml_str(&text)
+                .map_err(|e| ServeError::Policy(format!("{}: {e}", p.display())))
+        }
+    }
+}
+
+/// Resolves the passphrase: explicit file, systemd credential, or the dev passphrase.
+pub fn resolve_passphrase(
+    data_dir: &std::path::Path,
+    file: Option<&std::path::Path>,
+    dev: bool,
+) -> Result<Passphrase, ServeError> {
+    let path = if let Some(f) = file {
+        f.to_path_buf()
+    } else if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        PathBuf::from(dir).join("passphrase")
+    } else if dev {
+        crate::pki::dev_passphrase_path(data_dir)
+    } else {
+        return Err(ServeError::Keys(
+            "no passphrase: give --passphrase-file, or run under systemd with LoadCredential=passphrase:..., or use --dev".into(),
+        ));
+    };
+    Passphrase::from_file(&path).map_err(|e| ServeError::Keys(e.to_string()))
+}
+
+/// Creates the dev PKI under `data_dir` if there is none yet.
+pub fn ensure_dev_pki(data_dir: &std::path::Path, url_base: &str) -> Result<(), ServeError> {
+    if crate::pki::Layout::new(data_dir).is_initialized() {
+        return Ok(());
+    }
+    let opts = crate::pki::InitOptions::dev(data_dir, url_base)
+        .map_err(|e| ServeError::Keys(e.to_string()))?;
+    let report = crate::pki::init(&opts).map_err(|e| ServeError::Keys(e.to_string()))?;
+    tracing::warn!(data_dir = %data_dir.display(), issuer = %report.issuer_id,
+        "created a DEV PKI (generated passphrase in dev/passphrase, plaintext client keys in dev/): not for production");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received, shutting down"),
+        _ = term => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+/// Runs the daemon until a shutdown signal.
+pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+    let policy = Arc::new(load_policy(opts.policy_file.as_deref())?);
+    let url_base = opts
+        .url_base
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", opts.http_listen));
+    if opts.dev {
+        let dir = opts.data_dir.clone();
+        let base = url_base.clone();
+        tokio::task::spawn_blocking(move || ensure_dev_pki(&dir, &base))
+            .await
+            .map_err(|e| ServeError::Startup(e.to_string()))??;
+    }
+    let passphrase =
+        resolve_passphrase(&opts.data_dir, opts.passphrase_file.as_deref(), opts.dev)?;
+    let dir = opts.data_dir.clone();
+    let pass = passphrase.clone();
+    let pki = tokio::task::spawn_blocking(move || crate::pki::load(&dir, &pass))
+        .await
+        .map_err(|e| ServeError::Startup(e.to_string()))?
+        .map_err(|e| ServeError::Keys(e.to_string()))?;
+
+    let tls = crate::grpc::server_tls_config(
+        &pki.service_ca_der,
+        &pki.server_cert_der,
+        &pki.server_key_pkcs8,
+    )
+    .map_err(|e| ServeError::Keys(e.to_string()))?;
+
+    let store_dir = crate::pki::Layout::new(&opts.data_dir).store_dir();
+    let store: Arc<dyn Store> = Arc::new(
+        tokio::task::spawn_blocking(move || crate::store::SledStore::open(&store_dir))
+            .await
+            .map_err(|e| ServeError::Startup(e.to_string()))?
+            .map_err(|e| ServeError::Store(e.to_string()))?,
+    );
+    let (authority, crl_rx) =
+        Authority::new(pki, store, policy.clone(), opts.data_dir.clone())
+            .map_err(|e| ServeError::Startup(e.to_string()))?;
+    authority.scheduled_maintenance().await;
+    tokio::spawn(authority.clone().run_crl_publisher(crl_rx));
+
+    let grpc_listener = TcpListener::bind(opts.grpc_listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: opts.grpc_listen,
+            source,
+        })?;
+    let http_listener = TcpListener::bind(opts.http_listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: opts.http_listen,
+            source,
+        })?;
+    let grpc_addr = grpc_listener.local_addr().unwrap_or(opts.grpc_listen);
+    let http_addr = http_listener.local_addr().unwrap_or(opts.http_listen);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let limits = &policy.limits;
+    let incoming = crate::grpc::tls::accept_loop(
+        grpc_listener,
+        Arc::new(tls),
+        limits.max_connections as usize,
+        Duration::from_secs(10),
+    );
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<v1::enrollment_server::EnrollmentServer<EnrollmentService>>()
+        .await;
+    health_reporter
+        .set_serving::<v1::revocation_server::RevocationServer<RevocationService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pki_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Startup(format!("reflection: {e}")))?;
+
+    let max_req = limits.max_request_bytes;
+    let max_crl = limits.max_crl_message_bytes;
+    let enrollment = v1::enrollment_server::EnrollmentServer::new(EnrollmentService {
+        authority: authority.clone(),
+    })
+    .max_decoding_message_size(max_req)
+    .max_encoding_message_size(16 << 20);
+    let certificates = v1::certificates_server::CertificatesServer::new(CertificatesService {
+        authority: authority.clone(),
+    })
+    .max_decoding_message_size(max_req)
+    .max_encoding_message_size(max_crl);
+    let revocation = v1::revocation_server::RevocationServer::new(RevocationService {
+        authority: authority.clone(),
+    })
+    .max_decoding_message_size(max_req)
+    .max_encoding_message_size(max_crl);
+    let admin = v1::admin_server::AdminServer::new(AdminService {
+        authority: authority.clone(),
+        passphrase,
+    })
+    .max_decoding_message_size(max_req)
+    .max_encoding_message_size(max_crl);
+
+    let mut stop = stop_rx.clone();
+    let grpc = tonic::transport::Server::builder()
+        .timeout(limits.request_timeout())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(AuthzLayer::new(policy.clone()))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(enrollment)
+        .add_service(certificates)
+        .add_service(revocation)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+
+    let mut stop = stop_rx.clone();
+    let http = axum::serve(http_listener, crate::http::router(authority.clone()))
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+
+    let metrics = match opts.metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?;
+            let mut stop = stop_rx.clone();
+            tracing::info!(metrics = %addr, "metrics listening");
+            Some(tokio::spawn(async move {
+                axum::serve(l, crate::metrics::router())
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+            }))
+        }
+        None => None,
+    };
+
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, active_issuer = %authority.active_issuer_id(),
+        data_dir = %opts.data_dir.display(), dev = opts.dev, "ca-daemon listening");
+
+    let grpc_task = tokio::spawn(grpc);
+    let http_task = tokio::spawn(async move { http.await });
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let (g, h) = tokio::join!(grpc_task, http_task);
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
+    if let Ok(Err(e)) = g {
+        tracing::error!(error = %e, "gRPC server ended with an error");
+    }
+    if let Ok(Err(e)) = h {
+        tracing::error!(error = %e, "HTTP server ended with an error");
+    }
+    tracing::info!("ca-daemon stopped");
+    Ok(())
+}

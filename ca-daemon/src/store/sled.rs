@@ -1,0 +1,1572 @@
+//! [`Store`] on sled 0.34, the embedded default.
+//!
+//! # Layout
+//! One sled tree per kind of record, and index trees whose keys carry everything a lookup
+//! needs (values are empty unless said otherwise):
+//!
+//! | tree | key | value |
+//! | --- | --- | --- |
+//! | `tickets` | number | [`TicketRecord`] |
+//! | `certs` | serial | [`CertRecord`] |
+//! | `idx_facility`, `idx_person`, `idx_device`, `idx_issuer` | id¹ ‖ serial | — |
+//! | `idx_expiry` | issuer id¹ ‖ notAfter (u64 BE, order-preserving) ‖ serial | — |
+//! | `idx_revoked` | issuer id¹ ‖ serial | [`RevokedEntry`] |
+//! | `issuers` | id | [`IssuerRecord`] |
+//! | `crls` | issuer id | newest [`CrlRecord`] |
+//! | `audit` | seq (u64 BE) | `(version, AuditEntry)` |
+//! | `meta` | see the `meta_*` functions | schema version, audit chain head, CRL numbers, counters |
+//!
+//! ¹ `u32 BE length ‖ bytes`, so that one id is never a prefix of another's keys.
+//!
+//! # Atomicity and durability
+//! Every change runs as one sled transaction over all trees, with its audit entry appended
+//! inside it (the chain head lives in `meta` and is read and written in the same transaction),
+//! so a crash leaves all of a change or none of it. Writers are serialised by a mutex around
+//! the transaction (sled 0.34 serialises transactions process-wide anyway); holding it also
+//! makes the index scans of a bulk revocation and the copy of a backup see a stable state.
+//!
+//! sled transactions are not fsynced, so after the commit, and outside the mutex, each
+//! writer waits for a flush that started after its commit ([`FlushCoordinator`]): the first
+//! writer to arrive runs `Db::flush`, the writers that committed before that flush started
+//! return when it completes, so one fsync serves every write that waits on it (group commit).
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+use ::sled::transaction::{
+    ConflictableTransactionError, ConflictableTransactionResult, TransactionError, Transactional,
+    TransactionalTree,
+};
+use ::sled::{Batch, Db, IVec, Tree};
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+
+use super::{
+    AuditEntry, AuditEvent, AuditVerification, CertFilter, CertRecord, CrlRecord, IssuerRecord,
+    Record, Revocation, RevokeTarget, RevokedEntry, Store, StoreError, TicketRecord, TicketState,
+    decode, decode_versioned, encode, encode_versioned,
+};
+use crate::audit::{self, ChainHead};
+
+const TICKETS: usize = 0;
+const CERTS: usize = 1;
+const IDX_FACILITY: usize = 2;
+const IDX_PERSON: usize = 3;
+const IDX_DEVICE: usize = 4;
+const IDX_ISSUER: usize = 5;
+const IDX_EXPIRY: usize = 6;
+const IDX_REVOKED: usize = 7;
+const ISSUERS: usize = 8;
+const CRLS: usize = 9;
+const AUDIT: usize = 10;
+const META: usize = 11;
+
+/// Every tree of the store, by the index constants above.
+const TREE_NAMES: [&str; 12] = [
+    "tickets",
+    "certs",
+    "idx_facility",
+    "idx_person",
+    "idx_device",
+    "idx_issuer",
+    "idx_expiry",
+    "idx_revoked",
+    "issuers",
+    "crls",
+    "audit",
+    "meta",
+];
+
+/// Version of the tree layout, kept in `meta` under `schema`.
+const SCHEMA_VERSION: u16 = 1;
+
+const AUDIT_KIND: &str = "audit entry";
+const REVOKED_KIND: &str = "revoked entry";
+
+/// Entries per batch when copying trees for a backup.
+const COPY_BATCH: usize = 10_000;
+
+type TxResult<T> = ConflictableTransactionResult<T, StoreError>;
+
+/// The sled store. Cheap to clone (an `Arc` inside); all clones share one database.
+#[derive(Clone)]
+pub struct SledStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    trees: Vec<Tree>,
+    /// Serialises writers (see the module doc).
+    writer: Mutex<()>,
+    flush: FlushCoordinator,
+    path: PathBuf,
+}
+
+/// The view of every tree inside one transaction.
+struct Tx<'a>(&'a [TransactionalTree]);
+
+impl Tx<'_> {
+    fn tree(&self, i: usize) -> &TransactionalTree {
+        &self.0[i]
+    }
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the store in directory `path`. Fails if another process
+    /// has it open, or if it was written by a newer layout.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = ::sled::Config::new().path(path).open()?;
+        let trees = TREE_NAMES
+            .iter()
+            .map(|name| db.open_tree(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let meta = &trees[META];
+        match meta.get(META_SCHEMA)? {
+            None => {
+                meta.insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+            Some(v) if v.as_ref() == SCHEMA_VERSION.to_be_bytes() => {}
+            Some(v) => {
+                return Err(StoreError::Corrupt {
+                    kind: "store",
+                    key: path.display().to_string(),
+                    detail: format!("unsupported store layout version {:?}", v.as_ref()),
+                });
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                trees,
+                writer: Mutex::new(()),
+                flush: FlushCoordinator::default(),
+                path: path.to_owned(),
+            }),
+        })
+    }
+
+    /// Restores the backup in directory `backup` (written by [`Store::backup_to`]) into a new
+    /// store at `into`, which must not exist. The backup's audit chain is verified first; a
+    /// backup whose chain is broken is refused.
+    pub fn restore_from(backup: &Path, into: &Path) -> Result<(), StoreError> {
+        if into.exists() {
+            return Err(StoreError::TargetExists {
+                path: into.to_owned(),
+            });
+        }
+        let source = Self::open(backup)?;
+        let verification = source.verify_audit()?;
+        if !verification.ok {
+            return Err(StoreError::Corrupt {
+                kind: "backup",
+                key: backup.display().to_string(),
+                detail: verification
+                    .problem
+                    .unwrap_or_else(|| "audit chain broken".to_owned()),
+            });
+        }
+        source.backup_to(into)
+    }
+
+    /// The directory the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// How many flushes (fsyncs) the store has run for writers since it was opened; with
+    /// group commit this grows slower than the number of writes under concurrency.
+    pub fn flush_count(&self) -> u64 {
+        self.inner.flush.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Test hook for the tamper tests: XORs byte `offset % len` of the stored audit entry
+    /// `seq` with `mask` and returns the entry's stored length. Not durable, not audited.
+    #[doc(hidden)]
+    pub fn tamper_audit_entry(
+        &self,
+        seq: u64,
+        offset: usize,
+        mask: u8,
+    ) -> Result<usize, StoreError> {
+        let tree = self.tree(AUDIT);
+        let key = seq.to_be_bytes();
+        let mut value = tree
+            .get(key)?
+            .ok_or_else(|| not_found(AUDIT_KIND, &seq.to_string()))?
+            .to_vec();
+        let len = value.len();
+        if len > 0 {
+            value[offset % len] ^= mask;
+        }
+        tree.insert(key, value)?;
+        Ok(len)
+    }
+
+    fn tree(&self, i: usize) -> &Tree {
+        &self.inner.trees[i]
+    }
+
+    /// Runs `body` (scans plus one [`Self::transact`]) under the writer mutex, then waits
+    /// until the change is durable and logs the audit entries it appended.
+    fn mutate<A>(
+        &self,
+        body: impl FnOnce() -> Result<(A, Vec<AuditEntry>), StoreError>,
+    ) -> Result<A, StoreError> {
+        let (value, entries) = {
+            let _writer = lock(&self.inner.writer);
+            body()?
+        };
+        self.inner
+            .flush
+            .wait_durable(|| self.inner.db.flush().map(drop).map_err(StoreError::from))?;
+        for entry in &entries {
+            audit::log_entry(entry);
+        }
+        Ok(value)
+    }
+
+    /// One sled transaction over every tree. Call only inside [`Self::mutate`].
+    fn transact<A>(&self, f: impl Fn(&Tx<'_>) -> TxResult<A>) -> Result<A, StoreError> {
+        self.inner
+            .trees
+            .as_slice()
+            .transaction(|view| f(&Tx(view)))
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => StoreError::Backend { source: e },
+            })
+    }
+
+    fn get<T: Record>(&self, tree: usize, key: &str) -> Result<Option<T>, StoreError> {
+        self.tree(tree)
+            .get(key.as_bytes())?
+            .map(|v| decode(&v, key))
+            .transpose()
+    }
+
+    /// Serials in index `tree` under `id`, in order, after `after` if given.
+    fn index_serials<'a>(
+        &'a self,
+        tree: usize,
+        id: &str,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = Result<String, StoreError>> + 'a {
+        let prefix = id_prefix(id);
+        let start = match after {
+            Some(a) => Bound::Excluded(concat(&prefix, a.as_bytes())),
+            None => Bound::Included(prefix.clone()),
+        };
+        let plen = prefix.len();
+        self.tree(tree)
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .keys()
+            .take_while(move |k| k.as_ref().map_or(true, |k| k.starts_with(&prefix)))
+            .map(move |k| {
+                let k = k?;
+                String::from_utf8(k[plen..].to_vec()).map_err(|_| StoreError::Corrupt {
+                    kind: "index",
+                    key: TREE_NAMES[tree].to_owned(),
+                    detail: "serial is not UTF-8".to_owned(),
+                })
+            })
+    }
+
+    fn audit_iter(
+        &self,
+        from_seq: u64,
+        to_seq: Bound<u64>,
+    ) -> impl Iterator<Item = Result<AuditEntry, StoreError>> {
+        let end = match to_seq {
+            Bound::Included(s) => Bound::Included(s.to_be_bytes()),
+            Bound::Excluded(s) => Bound::Excluded(s.to_be_bytes()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        self.tree(AUDIT)
+            .range((Bound::Included(from_seq.to_be_bytes()), end))
+            .map(|kv| {
+                let (k, v) = kv?;
+                let seq = <[u8; 8]>::try_from(k.as_ref())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt {
+                        kind: AUDIT_KIND,
+                        key: hex::encode(&k),
+                        detail: "key is not a sequence number".to_owned(),
+                    })?;
+                let entry: AuditEntry = decode_versioned(&v, AUDIT_KIND, &seq.to_string())?;
+                if entry.seq != seq {
+                    return Err(StoreError::Corrupt {
+                        kind: AUDIT_KIND,
+                        key: seq.to_string(),
+                        detail: format!("stored under {seq} but numbered {}", entry.seq),
+                    });
+                }
+                Ok(entry)
+            })
+    }
+
+    fn audit_head(&self) -> Result<ChainHead, StoreError> {
+        match self.tree(META).get(META_AUDIT_HEAD)? {
+            None => Ok(ChainHead::GENESIS),
+            Some(v) => ChainHead::from_bytes(&v).ok_or_else(bad_head),
+        }
+    }
+
+    fn meta_u64(&self, key: &[u8]) -> Result<u64, StoreError> {
+        self.tree(META)
+            .get(key)?
+            .map(|v| parse_u64(&v, key))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+}
+
+impl Store for SledStore {
+    fn create_ticket(&self, ticket: &TicketRecord, event: AuditEvent) -> Result<(), StoreError> {
+        let value = encode(ticket)?;
+        let key = ticket.number.as_bytes();
+        self.mutate(|| {
+            self.transact(|tx| {
+                let tickets = tx.tree(TICKETS);
+                if let Some(old) = tx_get::<TicketRecord>(tickets, &ticket.number)?
+                    && old.effective_state(ticket.created_at) == TicketState::Active
+                {
+                    return abort(StoreError::Conflict {
+                        kind: "ticket",
+                        key: ticket.number.clone(),
+                    });
+                }
+                tickets.insert(key, value.as_slice())?;
+                let entry = append_audit_tx(tx, &event)?;
+                Ok(((), vec![entry]))
+            })
+        })
+    }
+
+    fn ticket(&self, number: &str) -> Result<Option<TicketRecord>, StoreError> {
+        self.get(TICKETS, number)
+    }
+
+    fn record_failed_attempt(
+        &self,
+        number: &str,
+        max_attempts: u32,
+        now: OffsetDateTime,
+        event_if_locked: AuditEvent,
+    ) -> Result<TicketRecord, StoreError> {
+        self.mutate(|| {
+            self.transact(|tx| {
+                let tickets = tx.tree(TICKETS);
+                let mut t = tx_ticket(tickets, number)?;
+                let actual = t.effective_state(now);
+                if actual != TicketState::Active {
+                    return abort(StoreError::StateMismatch { actual });
+                }
+                t.failed_attempts = t.failed_attempts.saturating_add(1);
+                let mut entries = Vec::new();
+                if t.failed_attempts >= max_attempts {
+                    t.state = TicketState::Locked;
+                    entries.push(append_audit_tx(tx, &event_if_locked)?);
+                }
+                tickets.insert(number.as_bytes(), encode(&t).or_else(abort)?)?;
+                Ok((t, entries))
+            })
+        })
+    }
+
+    fn set_ticket_state(
+        &self,
+        number: &str,
+        from: TicketState,
+        to: TicketState,
+        event: AuditEvent,
+    ) -> Result<TicketRecord, StoreError> {
+        self.mutate(|| {
+            self.transact(|tx| {
+                let tickets = tx.tree(TICKETS);
+                let mut t = tx_ticket(tickets, number)?;
+                let actual = t.effective_state(OffsetDateTime::now_utc());
+                if actual != from {
+                    return abort(StoreError::StateMismatch { actual });
+                }
+                t.state = to;
+                tickets.insert(number.as_bytes(), encode(&t).or_else(abort)?)?;
+                let entry = append_audit_tx(tx, &event)?;
+                Ok((t, vec![entry]))
+            })
+        })
+    }
+
+    fn redeem_ticket(
+        &self,
+        number: &str,
+        password_mac: &[u8; 32],
+        now: OffsetDateTime,
+        cert: &CertRecord,
+        event: AuditEvent,
+    ) -> Result<TicketRecord, StoreError> {
+        if cert.ticket_number != number {
+            return Err(StoreError::Invalid {
+                kind: "certificate",
+                detail: format!(
+                    "certificate {} names ticket {}, not {number}",
+                    cert.serial, cert.ticket_number
+                ),
+            });
+        }
+        let cert_value = encode(cert)?;
+        self.mutate(|| {
+            self.transact(|tx| {
+                let tickets = tx.tree(TICKETS);
+                let mut t = tx_ticket(tickets, number)?;
+                let actual = t.effective_state(now);
+                if actual != TicketState::Active {
+                    return abort(StoreError::StateMismatch { actual });
+                }
+                if !bool::from(t.password_mac.ct_eq(password_mac)) {
+                    return abort(StoreError::PasswordMismatch {
+                        number: number.to_owned(),
+                    });
+                }
+                insert_cert_tx(tx, cert, &cert_value)?;
+                t.state = TicketState::Redeemed;
+                t.redeemed_serial = Some(cert.serial.clone());
+                tickets.insert(number.as_bytes(), encode(&t).or_else(abort)?)?;
+                let entry = append_audit_tx(tx, &event)?;
+                Ok((t, vec![entry]))
+            })
+        })
+    }
+
+    fn ticket_counts(&self, now: OffsetDateTime) -> Result<Vec<(TicketState, u64)>, StoreError> {
+        let mut counts = TicketState::ALL.map(|s| (s, 0u64));
+        for kv in self.tree(TICKETS).iter() {
+            let (k, v) = kv?;
+            let t: TicketRecord = decode(&v, &String::from_utf8_lossy(&k))?;
+            let state = t.effective_state(now);
+            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == state) {
+                c.1 += 1;
+            }
+        }
+        Ok(counts.to_vec())
+    }
+
+    fn certificate(&self, serial: &str) -> Result<Option<CertRecord>, StoreError> {
+        self.get(CERTS, serial)
+    }
+
+    fn list_certificates(
+        &self,
+        filter: &CertFilter,
+        after_serial: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<CertRecord>, StoreError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        // The most selective index a set field allows; the certs tree itself otherwise.
+        let index = [
+            (IDX_DEVICE, &filter.device_id),
+            (IDX_PERSON, &filter.person_id),
+            (IDX_FACILITY, &filter.facility_id),
+            (IDX_ISSUER, &filter.issuer_id),
+        ]
+        .into_iter()
+        .find_map(|(tree, id)| id.as_deref().map(|id| (tree, id)));
+        let index = match (index, filter.revoked, &filter.issuer_id) {
+            // Revoked ones of an issuer: the revoked index is smaller still.
+            (None | Some((IDX_ISSUER, _)), Some(true), Some(issuer)) => {
+                Some((IDX_REVOKED, issuer.as_str()))
+            }
+            (index, ..) => index,
+        };
+        match index {
+            Some((tree, id)) => {
+                for serial in self.index_serials(tree, id, after_serial) {
+                    let serial = serial?;
+                    let cert = self.get::<CertRecord>(CERTS, &serial)?.ok_or_else(|| {
+                        StoreError::Corrupt {
+                            kind: "index",
+                            key: TREE_NAMES[tree].to_owned(),
+                            detail: format!("names certificate {serial}, which does not exist"),
+                        }
+                    })?;
+                    if filter.matches(&cert) {
+                        out.push(cert);
+                        if out.len() == limit {
+                            break;
+                        }
+                    }
+                }
+            }
+            None => {
+                let start = match after_serial {
+                    Some(a) => Bound::Excluded(a.as_bytes()),
+                    None => Bound::Unbounded,
+                };
+                for kv in self
+                    .tree(CERTS)
+                    .range::<&[u8], _>((start, Bound::Unbounded))
+                {
+                    let (k, v) = kv?;
+                    let cert: CertRecord = decode(&v, &String::from_utf8_lossy(&k))?;
+                    if filter.matches(&cert) {
+                        out.push(cert);
+                        if out.len() == limit {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn revoke(
+        &self,
+        target: &RevokeTarget,
+        revocation: &Revocation,
+        event: AuditEvent,
+    ) -> Result<Vec<CertRecord>, StoreError> {
+        self.mutate(|| {
+            // Under the writer mutex: no certificate can be added between scan and commit.
+            let serials: Vec<String> = match target {
+                RevokeTarget::Serial(s) => vec![s.clone()],
+                RevokeTarget::Device(id) => self
+                    .index_serials(IDX_DEVICE, id, None)
+                    .collect::<Result<_, _>>()?,
+                RevokeTarget::Person(id) => self
+                    .index_serials(IDX_PERSON, id, None)
+                    .collect::<Result<_, _>>()?,
+                RevokeTarget::Facility(id) => self
+                    .index_serials(IDX_FACILITY, id, None)
+                    .collect::<Result<_, _>>()?,
+            };
+            let bulk = !matches!(target, RevokeTarget::Serial(_));
+            self.transact(|tx| {
+                let certs = tx.tree(CERTS);
+                let mut out = Vec::with_capacity(serials.len());
+                let mut entries = Vec::new();
+                for serial in &serials {
+                    let Some(mut cert) = tx_get::<CertRecord>(certs, serial)? else {
+                        return abort(StoreError::NotFound {
+                            kind: "certificate",
+                            key: serial.clone(),
+                        });
+                    };
+                    if cert.revocation.is_none() {
+                        cert.revocation = Some(revocation.clone());
+                        certs.insert(serial.as_bytes(), encode(&cert).or_else(abort)?)?;
+                        let entry = RevokedEntry {
+                            serial: serial.clone(),
+                            not_after: cert.not_after,
+                            revocation: revocation.clone(),
+                        };
+                        tx.tree(IDX_REVOKED).insert(
+                            idx_key(&cert.issuer_id, serial),
+                            encode_versioned(REVOKED_KIND, &entry).or_else(abort)?,
+                        )?;
+                        bump_tx(tx, &meta_key(META_REVOKED, &cert.issuer_id))?;
+                        let per_cert = AuditEvent {
+                            target: serial.clone(),
+                            detail: if bulk {
+                                format!("{} (revoking {target})", event.detail)
+                            } else {
+                                event.detail.clone()
+                            },
+                            ..event.clone()
+                        };
+                        entries.push(append_audit_tx(tx, &per_cert)?);
+                    }
+                    out.push(cert);
+                }
+                Ok((out, entries))
+            })
+        })
+    }
+
+    fn revoked_certificates(&self, issuer_id: &str) -> Result<Vec<CertRecord>, StoreError> {
+        self.index_serials(IDX_REVOKED, issuer_id, None)
+            .map(|serial| {
+                let serial = serial?;
+                self.get(CERTS, &serial)?
+                    .ok_or_else(|| not_found("certificate", &serial))
+            })
+            .collect()
+    }
+
+    fn revocation_entries(&self, issuer_id: &str) -> Result<Vec<RevokedEntry>, StoreError> {
+        self.tree(IDX_REVOKED)
+            .scan_prefix(id_prefix(issuer_id))
+            .values()
+            .map(|v| decode_versioned(&v?, REVOKED_KIND, issuer_id))
+            .collect()
+    }
+
+    fn certificate_counts(
+        &self,
+        issuer_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<(u64, u64, u64), StoreError> {
+        let total = self.meta_u64(&meta_key(META_TOTAL, issuer_id))?;
+        let revoked = self.meta_u64(&meta_key(META_REVOKED, issuer_id))?;
+        let prefix = id_prefix(issuer_id);
+        let start = concat(&prefix, &time_key(now.unix_timestamp().saturating_add(1)));
+        let mut unexpired = 0u64;
+        for k in self.tree(IDX_EXPIRY).range(start..).keys() {
+            if !k?.starts_with(&prefix) {
+                break;
+            }
+            unexpired += 1;
+        }
+        Ok((total, revoked, unexpired))
+    }
+
+    fn put_issuer(&self, issuer: &IssuerRecord, event: AuditEvent) -> Result<(), StoreError> {
+        let value = encode(issuer)?;
+        self.mutate(|| {
+            self.transact(|tx| {
+                tx.tree(ISSUERS)
+                    .insert(issuer.id.as_bytes(), value.as_slice())?;
+                Ok(((), vec![append_audit_tx(tx, &event)?]))
+            })
+        })
+    }
+
+    fn issuers(&self) -> Result<Vec<IssuerRecord>, StoreError> {
+        self.tree(ISSUERS)
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&v, &String::from_utf8_lossy(&k))
+            })
+            .collect()
+    }
+
+    fn reserve_crl_number(&self, issuer_id: &str) -> Result<u64, StoreError> {
+        let key = meta_key(META_CRL_NUMBER, issuer_id);
+        self.mutate(|| {
+            self.transact(|tx| {
+                let reserved = tx_u64(tx.tree(META), &key)?;
+                let saved = tx_get::<CrlRecord>(tx.tree(CRLS), issuer_id)?.map_or(0, |c| c.number);
+                let next = reserved.max(saved).checked_add(1).ok_or_else(|| {
+                    ConflictableTransactionError::Abort(StoreError::Corrupt {
+                        kind: "CRL number",
+                        key: issuer_id.to_owned(),
+                        detail: "exhausted".to_owned(),
+                    })
+                })?;
+                tx.tree(META).insert(key.as_slice(), &next.to_be_bytes())?;
+                Ok((next, Vec::new()))
+            })
+        })
+    }
+
+    fn save_crl(&self, crl: &CrlRecord, event: AuditEvent) -> Result<(), StoreError> {
+        let value = encode(crl)?;
+        let key = meta_key(META_CRL_NUMBER, &crl.issuer_id);
+        self.mutate(|| {
+            self.transact(|tx| {
+                let crls = tx.tree(CRLS);
+                if let Some(saved) = tx_get::<CrlRecord>(crls, &crl.issuer_id)? {
+                    if saved == *crl {
+                        return Ok(((), Vec::new()));
+                    }
+                    if crl.number <= saved.number {
+                        return abort(StoreError::StaleCrl {
+                            issuer_id: crl.issuer_id.clone(),
+                            number: crl.number,
+                            saved: saved.number,
+                        });
+                    }
+                }
+                crls.insert(crl.issuer_id.as_bytes(), value.as_slice())?;
+                if tx_u64(tx.tree(META), &key)? < crl.number {
+                    tx.tree(META)
+                        .insert(key.as_slice(), &crl.number.to_be_bytes())?;
+                }
+                Ok(((), vec![append_audit_tx(tx, &event)?]))
+            })
+        })
+    }
+
+    fn latest_crl(&self, issuer_id: &str) -> Result<Option<CrlRecord>, StoreError> {
+        self.get(CRLS, issuer_id)
+    }
+
+    fn append_audit(&self, event: AuditEvent) -> Result<AuditEntry, StoreError> {
+        self.mutate(|| {
+            self.transact(|tx| {
+                let entry = append_audit_tx(tx, &event)?;
+                Ok((entry.clone(), vec![entry]))
+            })
+        })
+    }
+
+    fn audit_entries(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit_iter(from_seq, Bound::Unbounded)
+            .take(limit)
+            .collect()
+    }
+
+    fn verify_audit(&self) -> Result<AuditVerification, StoreError> {
+        // The head first: entries appended while we read lie beyond it and are not checked.
+        let head = self.audit_head()?;
+        let mut last = ChainHead::GENESIS;
+        let verification =
+            audit::verify_chain(self.audit_iter(1, Bound::Included(head.seq)).inspect(|e| {
+                if let Ok(e) = e {
+                    last = e.head();
+                }
+            }));
+        if !verification.ok {
+            return Ok(verification);
+        }
+        if last.seq != head.seq {
+            return Ok(AuditVerification::bad(
+                last.seq,
+                last.seq + 1,
+                format!(
+                    "the log ends at entry {} but {} entries were recorded",
+                    last.seq, head.seq
+                ),
+            ));
+        }
+        if last.hash != head.hash {
+            return Ok(AuditVerification::bad(
+                last.seq.saturating_sub(1),
+                last.seq,
+                format!("entry {} is not the entry that was recorded last", last.seq),
+            ));
+        }
+        Ok(verification)
+    }
+
+    fn backup_to(&self, path: &Path) -> Result<(), StoreError> {
+        if path.exists() {
+            return Err(StoreError::TargetExists {
+                path: path.to_owned(),
+            });
+        }
+        // Holding the writer mutex freezes the store's contents (reads go on); the copy is
+        // therefore one point in time.
+        let _writer = lock(&self.inner.writer);
+        let dest = ::sled::Config::new().path(path).create_new(true).open()?;
+        for (i, name) in TREE_NAMES.iter().enumerate() {
+            let to = dest.open_tree(name)?;
+            let mut batch = Batch::default();
+            let mut n = 0usize;
+            for kv in self.tree(i).iter() {
+                let (k, v) = kv?;
+                batch.insert(k, v);
+                n += 1;
+                if n % COPY_BATCH == 0 {
+                    to.apply_batch(std::mem::take(&mut batch))?;
+                }
+            }
+            to.apply_batch(batch)?;
+        }
+        dest.flush()?;
+        Ok(())
+    }
+}
+
+// ---- transactional helpers
+
+fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn tx_get<T: Record>(tree: &TransactionalTree, key: &str) -> TxResult<Option<T>> {
+    match tree.get(key.as_bytes())? {
+        None => Ok(None),
+        Some(v) => decode(&v, key).map(Some).or_else(abort),
+    }
+}
+
+fn tx_ticket(tickets: &TransactionalTree, number: &str) -> TxResult<TicketRecord> {
+    match tx_get(tickets, number)? {
+        Some(t) => Ok(t),
+        None => abort(not_found("ticket", number)),
+    }
+}
+
+fn tx_u64(tree: &TransactionalTree, key: &[u8]) -> TxResult<u64> {
+    match tree.get(key)? {
+        None => Ok(0),
+        Some(v) => parse_u64(&v, key).or_else(abort),
+    }
+}
+
+/// Adds one to the counter at `key` in `meta`.
+fn bump_tx(tx: &Tx<'_>, key: &[u8]) -> TxResult<()> {
+    let meta = tx.tree(META);
+    let n = tx_u64(meta, key)?.saturating_add(1);
+    meta.insert(key, &n.to_be_bytes())?;
+    Ok(())
+}
+
+/// Inserts a new certificate with its indexes and counters; `Conflict` if the serial exists.
+fn insert_cert_tx(tx: &Tx<'_>, cert: &CertRecord, value: &[u8]) -> TxResult<()> {
+    let certs = tx.tree(CERTS);
+    if certs.get(cert.serial.as_bytes())?.is_some() {
+        return abort(StoreError::Conflict {
+            kind: "certificate",
+            key: cert.serial.clone(),
+        });
+    }
+    certs.insert(cert.serial.as_bytes(), value)?;
+    let s = &cert.serial;
+    tx.tree(IDX_FACILITY)
+        .insert(idx_key(&cert.facility_id, s), &[])?;
+    tx.tree(IDX_PERSON)
+        .insert(idx_key(&cert.person_id, s), &[])?;
+    tx.tree(IDX_DEVICE)
+        .insert(idx_key(&cert.device_id, s), &[])?;
+    tx.tree(IDX_ISSUER)
+        .insert(idx_key(&cert.issuer_id, s), &[])?;
+    let expiry = concat(
+        &concat(
+            &id_prefix(&cert.issuer_id),
+            &time_key(cert.not_after.unix_timestamp()),
+        ),
+        s.as_bytes(),
+    );
+    tx.tree(IDX_EXPIRY).insert(expiry, &[])?;
+    bump_tx(tx, &meta_key(META_TOTAL, &cert.issuer_id))?;
+    if let Some(revocation) = &cert.revocation {
+        let entry = RevokedEntry {
+            serial: s.clone(),
+            not_after: cert.not_after,
+            revocation: revocation.clone(),
+        };
+        tx.tree(IDX_REVOKED).insert(
+            idx_key(&cert.issuer_id, s),
+            encode_versioned(REVOKED_KIND, &entry).or_else(abort)?,
+        )?;
+        bump_tx(tx, &meta_key(META_REVOKED, &cert.issuer_id))?;
+    }
+    Ok(())
+}
+
+/// Appends the next audit entry and moves the chain head, inside the transaction.
+fn append_audit_tx(tx: &Tx<'_>, event: &AuditEvent) -> TxResult<AuditEntry> {
+    let meta = tx.tree(META);
+    let head = match meta.get(META_AUDIT_HEAD)? {
+        None => ChainHead::GENESIS,
+        Some(v) => match ChainHead::from_bytes(&v) {
+            Some(h) => h,
+            None => return abort(bad_head()),
+        },
+    };
+    let entry = head.next_entry(OffsetDateTime::now_utc(), event);
+    let value = encode_versioned(AUDIT_KIND, &entry).or_else(abort)?;
+    tx.tree(AUDIT).insert(&entry.seq.to_be_bytes(), value)?;
+    meta.insert(META_AUDIT_HEAD, &entry.head().to_bytes()[..])?;
+    Ok(entry)
+}
+
+// ---- keys
+
+const META_SCHEMA: &[u8] = b"schema";
+const META_AUDIT_HEAD: &[u8] = b"audit_head";
+/// `crl_number\0<issuer>`: the highest CRL number reserved or saved.
+const META_CRL_NUMBER: &[u8] = b"crl_number\0";
+/// `certs_total\0<issuer>`: certificates issued.
+const META_TOTAL: &[u8] = b"certs_total\0";
+/// `certs_revoked\0<issuer>`: certificates revoked.
+const META_REVOKED: &[u8] = b"certs_revoked\0";
+
+fn meta_key(prefix: &[u8], id: &str) -> Vec<u8> {
+    concat(prefix, id.as_bytes())
+}
+
+/// `u32 BE length ‖ id`.
+fn id_prefix(id: &str) -> Vec<u8> {
+    let len = u32::try_from(id.len()).unwrap_or(u32::MAX);
+    concat(&len.to_be_bytes(), id.as_bytes())
+}
+
+fn idx_key(id: &str, serial: &str) -> Vec<u8> {
+    concat(&id_prefix(id), serial.as_bytes())
+}
+
+/// Unix seconds as 8 bytes whose byte order is the numeric order (sign bit flipped).
+fn time_key(unix_seconds: i64) -> [u8; 8] {
+    ((unix_seconds as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn concat(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(a.len() + b.len());
+    v.extend_from_slice(a);
+    v.extend_from_slice(b);
+    v
+}
+
+fn parse_u64(v: &IVec, key: &[u8]) -> Result<u64, StoreError> {
+    <[u8; 8]>::try_from(v.as_ref())
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt {
+            kind: "counter",
+            key: String::from_utf8_lossy(key).replace('\0', "/"),
+            detail: format!("{} bytes instead of 8", v.len()),
+        })
+}
+
+fn not_found(kind: &'static str, key: &str) -> StoreError {
+    StoreError::NotFound {
+        kind,
+        key: key.to_owned(),
+    }
+}
+
+fn bad_head() -> StoreError {
+    StoreError::Corrupt {
+        kind: "audit chain head",
+        key: "meta/audit_head".to_owned(),
+        detail: "wrong length".to_owned(),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded data stays consistent across a panic (a unit, or counters updated in one
+    // step), so a poisoned lock is safe to use.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+// ---- group commit
+
+/// Shares flushes between concurrent writers (DESIGN §9).
+///
+/// Flushes are numbered. A writer that has committed notes `needed = started + 1`: any flush
+/// numbered `needed` or later started after its commit, so covers it. If such a flush has
+/// completed it returns; if none is running it runs one itself; otherwise it waits for the
+/// running one to finish and checks again.
+#[derive(Default)]
+struct FlushCoordinator {
+    state: Mutex<FlushState>,
+    finished: Condvar,
+    flushes: AtomicU64,
+}
+
+#[derive(Default)]
+struct FlushState {
+    /// Number of the most recently started flush.
+    started: u64,
+    /// Number of the most recent successfully completed flush.
+    completed: u64,
+    running: bool,
+}
+
+impl FlushCoordinator {
+    /// Returns once a flush that started after this call began has succeeded, running
+    /// `flush` itself if no flush is under way. An error of a flush this writer ran is
+    /// returned; writers waiting on a failed flush try again with their own.
+    fn wait_durable(
+        &self,
+        flush: impl FnOnce() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut state = lock(&self.state);
+        let needed = state.started + 1;
+        loop {
+            if state.completed >= needed {
+                return Ok(());
+            }
+            if !state.running {
+                state.running = true;
+                state.started += 1;
+                let number = state.started;
+                drop(state);
+                let mut run = RunningFlush {
+                    coordinator: self,
+                    number,
+                    ok: false,
+                };
+                self.flushes.fetch_add(1, Ordering::Relaxed);
+                let result = flush();
+                run.ok = result.is_ok();
+                drop(run);
+                // `number >= needed`: `started` was at least `needed - 1` when we noted it.
+                return result;
+            }
+            state = self
+                .finished
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// Marks the end of a flush on drop, also when the flush panics.
+struct RunningFlush<'a> {
+    coordinator: &'a FlushCoordinator,
+    number: u64,
+    ok: bool,
+}
+
+impl Drop for RunningFlush<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.coordinator.state);
+        state.running = false;
+        if self.ok {
+            state.completed = state.completed.max(self.number);
+        }
+        drop(state);
+        self.coordinator.finished.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+    use std::time::Duration;
+
+    #[test]
+    fn group_commit_shares_flushes_and_covers_every_commit() {
+        const WRITERS: u64 = 32;
+        let coordinator = FlushCoordinator::default();
+        // `committed` counts commits; a flush makes durable what was committed when it began.
+        let committed = AtomicU64::new(0);
+        let durable = AtomicU64::new(0);
+        let barrier = Barrier::new(WRITERS as usize);
+        std::thread::scope(|s| {
+            for _ in 0..WRITERS {
+                s.spawn(|| {
+                    barrier.wait();
+                    let mine = committed.fetch_add(1, Ordering::SeqCst) + 1;
+                    coordinator
+                        .wait_durable(|| {
+                            let covers = committed.load(Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(20));
+                            durable.fetch_max(covers, Ordering::SeqCst);
+                            Ok(())
+                        })
+                        .expect("the fake flush does not fail");
+                    assert!(
+                        durable.load(Ordering::SeqCst) >= mine,
+                        "returned before its commit was flushed"
+                    );
+                });
+            }
+        });
+        let flushes = coordinator.flushes.load(Ordering::Relaxed);
+        assert!(
+            flushes < WRITERS / 4,
+            "{flushes} flushes for {WRITERS} writers"
+        );
+        assert!(flushes >= 1);
+    }
+
+    #[test]
+    fn failed_flush_is_retried_by_a_waiter() {
+        let coordinator = FlushCoordinator::default();
+        let err = coordinator.wait_durable(|| {
+            Err(StoreError::Io {
+                path: PathBuf::from("/x"),
+                source: std::io::Error::other("disk gone"),
+            })
+        });
+        assert!(err.is_err());
+        // The next writer is not fooled into thinking the failed flush covered it.
+        let ran = AtomicU64::new(0);
+        coordinator
+            .wait_durable(|| {
+                ran.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+            .expect("second flush succeeds");
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+    }
+
+    // ---- store behaviour (durability across reopen is in tests/store_durability.rs)
+
+    use crate::store::{IssuerState, RECORD_VERSION};
+    use pki_policy::domain::{Device, Enrollee, Facility, Person, RevocationReason, TargetOs};
+    use time::macros::datetime;
+
+    const T0: OffsetDateTime = datetime!(2026-04-01 09:00 UTC);
+    const MAC: [u8; 32] = [7; 32];
+
+    fn store() -> (tempfile::TempDir, SledStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SledStore::open(&dir.path().join("db")).expect("open store");
+        (dir, store)
+    }
+
+    fn ev(action: &str, target: &str) -> AuditEvent {
+        AuditEvent::new("ops:test", action, target, "テスト")
+    }
+
+    fn ticket(number: &str) -> TicketRecord {
+        TicketRecord {
+            version: RECORD_VERSION,
+            number: number.into(),
+            password_mac: MAC,
+            state: TicketState::Active,
+            created_at: T0,
+            expires_at: T0 + time::Duration::days(14),
+            failed_attempts: 0,
+            enrollee: Enrollee {
+                facility: Facility {
+                    id: "fac-1".into(),
+                    name: "ひまわり訪問看護ステーション".into(),
+                    prefecture: "愛知県".into(),
+                    city: "豊田市".into(),
+                    kind: "訪問看護".into(),
+                },
+                person: Person {
+                    id: "per-1".into(),
+                    family_name: "山田".into(),
+                    given_name: "花子".into(),
+                    family_name_kana: "ヤマダ".into(),
+                    given_name_kana: "ハナコ".into(),
+                    job: "看護師".into(),
+                    email: "hanako@example.jp".into(),
+                },
+                device: Device {
+                    id: "dev-1".into(),
+                    os: TargetOs::Ios,
+                    remark: "iPad".into(),
+                },
+            },
+            cert_profile: "default".into(),
+            approved_by: "office".into(),
+            created_by: "portal:test".into(),
+            redeemed_serial: None,
+        }
+    }
+
+    fn cert(serial: &str, ticket: &str, facility: &str, not_after: OffsetDateTime) -> CertRecord {
+        CertRecord {
+            version: RECORD_VERSION,
+            serial: serial.into(),
+            issuer_id: "issuer-1".into(),
+            der: vec![0x30, 0x03, 0x02, 0x01, 0x01],
+            facility_id: facility.into(),
+            person_id: format!("per-{serial}"),
+            device_id: format!("dev-{serial}"),
+            os: TargetOs::Windows,
+            keystore_profile: "windows".into(),
+            ticket_number: ticket.into(),
+            not_before: T0,
+            not_after,
+            issued_at: T0,
+            revocation: None,
+        }
+    }
+
+    /// Creates ticket `number` and redeems it for a certificate `serial` of `facility`.
+    fn issue(s: &SledStore, number: &str, serial: &str, facility: &str) -> CertRecord {
+        s.create_ticket(&ticket(number), ev("ticket.create", number))
+            .expect("create ticket");
+        let c = cert(serial, number, facility, T0 + time::Duration::days(365));
+        s.redeem_ticket(number, &MAC, T0, &c, ev("ticket.redeem", number))
+            .expect("redeem");
+        c
+    }
+
+    #[test]
+    fn ticket_numbers_conflict_only_while_live() {
+        let (_d, s) = store();
+        s.create_ticket(&ticket("11111111"), ev("ticket.create", "11111111"))
+            .expect("create");
+        let err = s.create_ticket(&ticket("11111111"), ev("ticket.create", "11111111"));
+        assert!(
+            matches!(err, Err(StoreError::Conflict { kind: "ticket", .. })),
+            "{err:?}"
+        );
+        // Once expired, the number may be reused; the new ticket replaces the dead one.
+        let mut later = ticket("11111111");
+        later.created_at = T0 + time::Duration::days(15);
+        later.expires_at = later.created_at + time::Duration::days(14);
+        later.cert_profile = "rsa".into();
+        s.create_ticket(&later, ev("ticket.create", "11111111"))
+            .expect("replace dead ticket");
+        let stored = s.ticket("11111111").expect("read").expect("exists");
+        assert_eq!(stored.cert_profile, "rsa");
+        assert_eq!(s.audit_entries(1, 10).expect("audit").len(), 2);
+    }
+
+    #[test]
+    fn failed_attempts_lock_the_ticket_at_the_limit() {
+        let (_d, s) = store();
+        s.create_ticket(&ticket("22222222"), ev("ticket.create", "x"))
+            .expect("create");
+        for i in 1..5 {
+            let t = s
+                .record_failed_attempt("22222222", 5, T0, ev("ticket.lock", "x"))
+                .expect("attempt");
+            assert_eq!((t.failed_attempts, t.state), (i, TicketState::Active));
+        }
+        let t = s
+            .record_failed_attempt("22222222", 5, T0, ev("ticket.lock", "x"))
+            .expect("attempt");
+        assert_eq!((t.failed_attempts, t.state), (5, TicketState::Locked));
+        let err = s.record_failed_attempt("22222222", 5, T0, ev("ticket.lock", "x"));
+        assert!(matches!(
+            err,
+            Err(StoreError::StateMismatch {
+                actual: TicketState::Locked
+            })
+        ));
+        // The lock, not each attempt, is audited: create + lock.
+        assert_eq!(s.audit_entries(1, 10).expect("audit").len(), 2);
+        let err = s.record_failed_attempt("99999999", 5, T0, ev("ticket.lock", "x"));
+        assert!(matches!(err, Err(StoreError::NotFound { .. })));
+        // A locked ticket cannot be redeemed, even with the right password.
+        let c = cert("aa", "22222222", "fac-1", T0 + time::Duration::days(1));
+        let err = s.redeem_ticket("22222222", &MAC, T0, &c, ev("ticket.redeem", "x"));
+        assert!(matches!(
+            err,
+            Err(StoreError::StateMismatch {
+                actual: TicketState::Locked
+            })
+        ));
+    }
+
+    #[test]
+    fn set_ticket_state_is_compare_and_set() {
+        let (_d, s) = store();
+        let mut t = ticket("33333333");
+        // Valid around the real clock, since set_ticket_state judges expiry at "now".
+        t.created_at = OffsetDateTime::now_utc();
+        t.expires_at = t.created_at + time::Duration::days(1);
+        s.create_ticket(&t, ev("ticket.create", "x"))
+            .expect("create");
+        let t = s
+            .set_ticket_state(
+                "33333333",
+                TicketState::Active,
+                TicketState::Cancelled,
+                ev("ticket.cancel", "x"),
+            )
+            .expect("cancel");
+        assert_eq!(t.state, TicketState::Cancelled);
+        let err = s.set_ticket_state(
+            "33333333",
+            TicketState::Active,
+            TicketState::Cancelled,
+            ev("ticket.cancel", "x"),
+        );
+        assert!(matches!(
+            err,
+            Err(StoreError::StateMismatch {
+                actual: TicketState::Cancelled
+            })
+        ));
+        // An expired ticket reports Expired, not Active.
+        s.create_ticket(&ticket("44444444"), ev("ticket.create", "y"))
+            .expect("create");
+        let err = s.set_ticket_state(
+            "44444444",
+            TicketState::Active,
+            TicketState::Cancelled,
+            ev("ticket.cancel", "y"),
+        );
+        assert!(matches!(
+            err,
+            Err(StoreError::StateMismatch {
+                actual: TicketState::Expired
+            })
+        ));
+    }
+
+    #[test]
+    fn redeem_checks_password_expiry_and_ticket_number() {
+        let (_d, s) = store();
+        s.create_ticket(&ticket("55555555"), ev("ticket.create", "x"))
+            .expect("create");
+        let c = cert("bb", "55555555", "fac-1", T0 + time::Duration::days(365));
+        let err = s.redeem_ticket("55555555", &[8; 32], T0, &c, ev("ticket.redeem", "x"));
+        assert!(
+            matches!(err, Err(StoreError::PasswordMismatch { .. })),
+            "{err:?}"
+        );
+        let late = T0 + time::Duration::days(14);
+        let err = s.redeem_ticket("55555555", &MAC, late, &c, ev("ticket.redeem", "x"));
+        assert!(matches!(
+            err,
+            Err(StoreError::StateMismatch {
+                actual: TicketState::Expired
+            })
+        ));
+        let other = cert("bb", "66666666", "fac-1", T0 + time::Duration::days(365));
+        let err = s.redeem_ticket("55555555", &MAC, T0, &other, ev("ticket.redeem", "x"));
+        assert!(matches!(err, Err(StoreError::Invalid { .. })));
+        assert_eq!(s.certificate("bb").expect("read"), None);
+        let t = s
+            .redeem_ticket("55555555", &MAC, T0, &c, ev("ticket.redeem", "x"))
+            .expect("redeem");
+        assert_eq!(
+            (t.state, t.redeemed_serial.as_deref()),
+            (TicketState::Redeemed, Some("bb"))
+        );
+        assert_eq!(s.certificate("bb").expect("read"), Some(c));
+    }
+
+    #[test]
+    fn counts_filters_and_revocation_index() {
+        let (_d, s) = store();
+        let a = issue(&s, "10000001", "a1", "fac-a");
+        issue(&s, "10000002", "a2", "fac-a");
+        issue(&s, "10000003", "b1", "fac-b");
+        // One that expires early, for the unexpired count.
+        s.create_ticket(&ticket("10000004"), ev("ticket.create", "x"))
+            .expect("create");
+        let short = cert("c1", "10000004", "fac-c", T0 + time::Duration::days(1));
+        s.redeem_ticket("10000004", &MAC, T0, &short, ev("ticket.redeem", "x"))
+            .expect("redeem");
+        let revocation = Revocation {
+            revoked_at: T0 + time::Duration::hours(1),
+            reason: RevocationReason::KeyCompromise,
+            invalidity_date: Some(T0),
+        };
+        let out = s
+            .revoke(
+                &RevokeTarget::Serial("a1".into()),
+                &revocation,
+                ev("certificate.revoke", "a1"),
+            )
+            .expect("revoke");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].revocation.as_ref(), Some(&revocation));
+
+        let now = T0 + time::Duration::days(2);
+        assert_eq!(
+            s.certificate_counts("issuer-1", now).expect("counts"),
+            (4, 1, 3)
+        );
+        assert_eq!(
+            s.certificate_counts("issuer-2", now).expect("counts"),
+            (0, 0, 0)
+        );
+        let entries = s.revocation_entries("issuer-1").expect("entries");
+        assert_eq!(entries.len(), 1);
+        assert_eq!(
+            (entries[0].serial.as_str(), entries[0].not_after),
+            ("a1", a.not_after)
+        );
+        assert_eq!(
+            s.revoked_certificates("issuer-1").expect("revoked")[0].serial,
+            "a1"
+        );
+
+        let serials = |f: CertFilter| -> Vec<String> {
+            s.list_certificates(&f, None, 100)
+                .expect("list")
+                .into_iter()
+                .map(|c| c.serial)
+                .collect()
+        };
+        let fac_a = CertFilter {
+            facility_id: Some("fac-a".into()),
+            ..Default::default()
+        };
+        assert_eq!(serials(fac_a.clone()), ["a1", "a2"]);
+        assert_eq!(
+            serials(CertFilter {
+                revoked: Some(false),
+                ..fac_a
+            }),
+            ["a2"]
+        );
+        let issuer_revoked = CertFilter {
+            issuer_id: Some("issuer-1".into()),
+            revoked: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(serials(issuer_revoked), ["a1"]);
+        assert_eq!(
+            serials(CertFilter {
+                revoked: Some(false),
+                ..Default::default()
+            }),
+            ["a2", "b1", "c1"]
+        );
+        assert_eq!(
+            serials(CertFilter {
+                device_id: Some("dev-b1".into()),
+                ..Default::default()
+            }),
+            ["b1"]
+        );
+        assert!(
+            serials(CertFilter {
+                facility_id: Some("fac".into()),
+                ..Default::default()
+            })
+            .is_empty()
+        );
+
+        let counts = s.ticket_counts(T0).expect("ticket counts");
+        assert_eq!(counts[0], (TicketState::Active, 0));
+        assert_eq!(counts[1], (TicketState::Redeemed, 4));
+        assert_eq!(counts.len(), TicketState::ALL.len());
+    }
+
+    #[test]
+    fn crl_numbers_and_saved_crls() {
+        let (_d, s) = store();
+        assert_eq!(s.reserve_crl_number("issuer-1").expect("reserve"), 1);
+        assert_eq!(s.reserve_crl_number("issuer-1").expect("reserve"), 2);
+        assert_eq!(s.reserve_crl_number("root").expect("reserve"), 1);
+        let crl = |number: u64, der: u8| CrlRecord {
+            version: RECORD_VERSION,
+            issuer_id: "issuer-1".into(),
+            number,
+            this_update: T0,
+            next_update: T0 + time::Duration::days(1),
+            der: vec![der],
+        };
+        s.save_crl(&crl(2, 1), ev("crl.publish", "issuer-1"))
+            .expect("save");
+        s.save_crl(&crl(2, 1), ev("crl.publish", "issuer-1"))
+            .expect("same CRL again");
+        let err = s.save_crl(&crl(2, 9), ev("crl.publish", "issuer-1"));
+        assert!(matches!(
+            err,
+            Err(StoreError::StaleCrl {
+                number: 2,
+                saved: 2,
+                ..
+            })
+        ));
+        let err = s.save_crl(&crl(1, 1), ev("crl.publish", "issuer-1"));
+        assert!(matches!(
+            err,
+            Err(StoreError::StaleCrl {
+                number: 1,
+                saved: 2,
+                ..
+            })
+        ));
+        // A CRL saved with a number above the reservations pushes them up.
+        s.save_crl(&crl(10, 1), ev("crl.publish", "issuer-1"))
+            .expect("save");
+        assert_eq!(s.reserve_crl_number("issuer-1").expect("reserve"), 11);
+        assert_eq!(
+            s.latest_crl("issuer-1").expect("read").map(|c| c.number),
+            Some(10)
+        );
+        assert_eq!(s.latest_crl("nobody").expect("read"), None);
+        // Two saves audited, the no-op and the refusals not.
+        assert_eq!(s.audit_entries(1, 100).expect("audit").len(), 2);
+    }
+
+    #[test]
+    fn issuers_are_stored_and_audited() {
+        let (_d, s) = store();
+        let mut issuer = IssuerRecord {
+            version: RECORD_VERSION,
+            id: "issuer-1".into(),
+            state: IssuerState::Active,
+            cert_der: vec![1, 2, 3],
+            not_before: T0,
+            not_after: T0 + time::Duration::days(3650),
+            created_at: T0,
+        };
+        s.put_issuer(&issuer, ev("issuer.create", "issuer-1"))
+            .expect("put");
+        issuer.state = IssuerState::Retiring;
+        s.put_issuer(&issuer, ev("issuer.retire", "issuer-1"))
+            .expect("put");
+        assert_eq!(s.issuers().expect("list"), [issuer.clone()]);
+        let bad = IssuerRecord {
+            version: 9,
+            ..issuer
+        };
+        assert!(matches!(
+            s.put_issuer(&bad, ev("issuer.create", "x")),
+            Err(StoreError::Invalid { .. })
+        ));
+        let log = s.audit_entries(1, 10).expect("audit");
+        assert_eq!(
+            log.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+            ["issuer.create", "issuer.retire"]
+        );
+    }
+
+    #[test]
+    fn audit_entries_page_and_chain() {
+        let (_d, s) = store();
+        for i in 0..7 {
+            let e = s.append_audit(ev("test", &i.to_string())).expect("append");
+            assert_eq!(e.seq, i + 1);
+        }
+        let page = s.audit_entries(3, 2).expect("page");
+        assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(page[1].prev_hash, page[0].hash);
+        assert!(s.audit_entries(8, 10).expect("past the end").is_empty());
+        let v = s.verify_audit().expect("verify");
+        assert!(v.ok, "{v:?}");
+        assert_eq!(v.entries, 7);
+    }
+
+    #[test]
+    fn removing_the_last_audit_entry_is_detected() {
+        let (_d, s) = store();
+        for i in 0..3 {
+            s.append_audit(ev("test", &i.to_string())).expect("append");
+        }
+        s.tree(AUDIT).remove(3u64.to_be_bytes()).expect("remove");
+        let v = s.verify_audit().expect("verify");
+        assert!(!v.ok);
+        assert_eq!(v.first_bad_entry, Some(3));
+    }
+
+    #[test]
+    fn backup_is_a_complete_copy_and_restores() {
+        let (dir, s) = store();
+        issue(&s, "12121212", "ab12", "fac-1");
+        assert_eq!(s.reserve_crl_number("issuer-1").expect("reserve"), 1);
+        let backup = dir.path().join("backup");
+        s.backup_to(&backup).expect("backup");
+        assert!(matches!(
+            s.backup_to(&backup),
+            Err(StoreError::TargetExists { .. })
+        ));
+        // The live store goes on; the backup does not see later writes.
+        s.append_audit(ev("after", "backup")).expect("append");
+
+        let restored = dir.path().join("restored");
+        SledStore::restore_from(&backup, &restored).expect("restore");
+        let r = SledStore::open(&restored).expect("open restored");
+        assert!(r.certificate("ab12").expect("read").is_some());
+        assert_eq!(
+            r.ticket("12121212").expect("read").map(|t| t.state),
+            Some(TicketState::Redeemed)
+        );
+        assert_eq!(r.audit_entries(1, 10).expect("audit").len(), 2);
+        assert!(r.verify_audit().expect("verify").ok);
+        assert_eq!(r.reserve_crl_number("issuer-1").expect("reserve"), 2);
+        assert_eq!(
+            r.list_certificates(
+                &CertFilter {
+                    facility_id: Some("fac-1".into()),
+                    ..Default::default()
+                },
+                None,
+                10
+            )
+            .expect("list")
+            .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn index_keys_keep_ids_apart_and_times_ordered() {
+        // "ab" ‖ "c..." must not fall under the prefix of "a".
+        assert!(!idx_key("ab", "c1").starts_with(&id_prefix("a")));
+        assert!(idx_key("a", "bc1").starts_with(&id_prefix("a")));
+        let times = [i64::MIN, -5, -1, 0, 1, 1_700_000_000, i64::MAX];
+        for w in times.windows(2) {
+            assert!(time_key(w[0]) < time_key(w[1]));
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Enrollment ticket secrets (DESIGN §3).
+//!
+//! A ticket is an 8-digit number and an 8-digit password, both drawn from the OS CSPRNG with
+//! rejection sampling (no modulo bias). The password is shown once, in the `CreateTicket`
+//! response, and stored only as `HMAC-SHA256(pepper, number ‖ 0x00 ‖ password)`: the pepper is
+//! sealed beside the CA keys, so a stolen database alone does not let anyone test guesses
+//! offline. Binding the number into the MAC means two tickets with the same password do not
+//! share a MAC. Comparison is constant time (`ring::hmac::verify`).
+//!
+//! An 8-digit password has 10^8 ≈ 2^26.6 values: the lockout after the policy's attempts (5) is
+//! what protects it online, see `docs/threat-model.md`.
+
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
+
+/// Errors of ticket secret handling.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TicketSecretError {
+    /// The operating system's random number generator failed.
+    #[error("the system random number generator failed")]
+    Rng,
+    /// The pepper is too short to key the HMAC safely.
+    #[error("the ticket pepper is too short ({len} bytes, need at least 32)")]
+    WeakPepper {
+        /// Length of the pepper in bytes.
+        len: usize,
+    },
+}
+
+/// Draws a uniformly random string of `n` decimal digits from the OS CSPRNG.
+pub fn random_digits(n: usize) -> Result<String, TicketSecretError> {
+    let rng = SystemRandom::new();
+    let mut out = String::with_capacity(n);
+    let mut buf = [0u8; 32];
+    while out.len() < n {
+        rng.fill(&mut buf).map_err(|_| TicketSecretError::Rng)?;
+        for b in buf {
+            // 250 = 25 * 10: accepting 0..250 keeps every digit equally likely.
+            if b < 250 && out.len() < n {
+                out.push(char::from(b'0' + b % 10));
+            }
+        }
+    }
+    buf.iter_mut().for_each(|b| *b = 0);
+    Ok(out)
+}
+
+/// A freshly drawn ticket password. Its `Debug` never shows the digits.
+pub struct TicketPassword(Zeroizing<String>);
+
+impl TicketPassword {
+    /// Draws a new 8-digit password.
+    pub fn generate() -> Result<Self, TicketSecretError> {
+        Ok(Self(Zeroizing::new(random_digits(8)?)))
+    }
+
+    /// The digits, for the one response that shows them.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for TicketPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TicketPassword(<redacted>)")
+    }
+}
+
+/// Keys ticket password MACs with the sealed pepper.
+pub struct TicketMac {
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for TicketMac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TicketMac(<pepper>)")
+    }
+}
+
+impl TicketMac {
+    /// Builds the MAC key from the pepper (at least 32 bytes).
+    pub fn new(pepper: &[u8]) -> Result<Self, TicketSecretError> {
+        if pepper.len() < 32 {
+            return Err(TicketSecretError::WeakPepper { len: pepper.len() });
+        }
+        Ok(Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, pepper),
+        })
+    }
+
+    fn message(number: &str, password: &str) -> Zeroizing<Vec<u8>> {
+        let mut msg = Zeroizing::new(Vec::with_capacity(number.len() + 1 + password.len()));
+        msg.extend_from_slice(number.as_bytes());
+        msg.push(0);
+        msg.extend_from_slice(password.as_bytes());
+        msg
+    }
+
+    /// The stored form of a password: HMAC-SHA256(pepper, number ‖ 0 ‖ password).
+    pub fn mac(&self, number: &str, password: &str) -> [u8; 32] {
+        let tag = hmac::sign(&self.key, &Self::message(number, password));
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Constant-time check of a password against the stored MAC.
+    pub fn verify(&self, number: &str, password: &str, stored: &[u8; 32]) -> bool {
+        hmac::verify(&self.key, &Self::message(number, password), stored).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn digits_are_digits_and_vary() {
+        let a = random_digits(8).expect("rng");
+        let b = random_digits(8).expect("rng");
+        assert_eq!(a.len(), 8);
+        assert!(a.bytes().all(|c| c.is_ascii_digit()));
+        // 1e-8 chance of a false failure.
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn digit_distribution_is_roughly_uniform() {
+        let s = random_digits(100_000).expect("rng");
+        let mut counts = [0u32; 10];
+        for c in s.bytes() {
+            counts[usize::from(c - b'0')] += 1;
+        }
+        for c in counts {
+            // expectation 10_000, sd ~95: 8 sd margin
+            assert!((9_200..=10_800).contains(&c), "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn weak_pepper_refused() {
+        assert!(matches!(
+            TicketMac::new(&[0u8; 16]),
+            Err(TicketSecretError::WeakPepper { len: 16 })
+        ));
+    }
+
+    #[test]
+    fn password_debug_is_redacted() {
+        let p = TicketPassword::generate().expect("rng");
+        assert!(!format!("{p:?}").contains(p.expose()));
+    }
+
+    proptest! {
+        #[test]
+        fn mac_verifies_only_the_right_pair(n in "[0-9]{8}", p in "[0-9]{8}", q in "[0-9]{8}") {
+            let m = TicketMac::new(&[7u8; 32]).expect("pepper");
+            let tag = m.mac(&n, &p);
+            prop_assert!(m.verify(&n, &p, &tag));
+            prop_assert_eq!(m.verify(&n, &q, &tag), p == q);
+            let other = TicketMac::new(&[8u8; 32]).expect("pepper");
+            prop_assert!(!other.verify(&n, &p, &tag));
+        }
+    }
+}

@@ -1,0 +1,588 @@
+//! `pki::init` / `pki::load` checked with independent tools: `openssl verify` and `x509 -text`
+//! (OpenSSL 3) and pkilint's `lint_pkix_cert` from the Python venv.
+//!
+//! The venv is `$PKI_VENV`, else `<workspace>/.venv`. A missing tool fails the test (with what
+//! to install) unless `PKI_ALLOW_MISSING_TOOLS=1`.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ca_daemon::keys::Passphrase;
+use ca_daemon::keys::sealed::{KdfParams, SealError};
+use ca_daemon::pki::{self, InitOptions, Layout, PkiError, SERVICE_ROLES};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const PASS: &str = "test daemon passphrase";
+/// pkilint findings accepted for a private PKI (DESIGN §4), by exact code.
+const ALLOWED_URN: &str = "pkix.invalid_uri_syntax";
+const ALLOWED_LOCALHOST: &str = "pkix.invalid_domain_name_syntax";
+
+fn allow_missing_tools() -> bool {
+    std::env::var("PKI_ALLOW_MISSING_TOOLS").is_ok_and(|v| v == "1")
+}
+
+fn venv() -> PathBuf {
+    match std::env::var_os("PKI_VENV") {
+        Some(v) => PathBuf::from(v),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv"),
+    }
+}
+
+/// The path of a tool, or `None` (skip) when it is missing and missing tools are allowed.
+fn tool(name: &str) -> Option<PathBuf> {
+    let (path, install) = if name == "openssl" {
+        (
+            PathBuf::from("openssl"),
+            "install OpenSSL 3 (apt-get install openssl)",
+        )
+    } else {
+        (
+            venv().join("bin").join(name),
+            "create the venv: python3 -m venv .venv && .venv/bin/pip install pkilint (or set PKI_VENV)",
+        )
+    };
+    let found = Command::new(&path)
+        .arg(if name == "openssl" {
+            "version"
+        } else {
+            "--help"
+        })
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return Some(path);
+    }
+    if allow_missing_tools() {
+        eprintln!("SKIPPING checks with {name}: not found ({install})");
+        return None;
+    }
+    panic!(
+        "required tool {name} not found at {}: {install}; or set PKI_ALLOW_MISSING_TOOLS=1 to skip",
+        path.display()
+    );
+}
+
+struct Output {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(program: &Path, args: &[&str]) -> Output {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    Output {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs a command that must succeed; prints everything when it does not.
+fn run_ok(program: &Path, args: &[&str]) -> String {
+    let o = run(program, args);
+    assert!(
+        o.ok,
+        "command failed: {} {}\n--- stdout\n{}\n--- stderr\n{}",
+        program.display(),
+        args.join(" "),
+        o.stdout,
+        o.stderr
+    );
+    o.stdout
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str()
+        .unwrap_or_else(|| panic!("non-UTF-8 path {}", p.display()))
+}
+
+fn dev_opts(data_dir: &Path) -> InitOptions {
+    let mut o = InitOptions::dev(data_dir, "http://127.0.0.1:8080")
+        .unwrap_or_else(|e| panic!("InitOptions::dev: {e}"));
+    o.kdf = KdfParams::test_fast();
+    o
+}
+
+fn prod_opts(data_dir: &Path) -> InitOptions {
+    let pass = Passphrase::from_bytes(PASS.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let mut o = InitOptions::new(data_dir, pass, "http://pki.care.example:8080");
+    o.kdf = KdfParams::test_fast();
+    o
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Lints a certificate with pkilint; only the allowed findings may appear (and only where
+/// `allowed` says so).
+fn pkilint(lint: &Path, cert: &Path, allowed: &[&str]) {
+    let o = run(lint, &["lint", "-s", "WARNING", s(cert)]);
+    let mut bad = Vec::new();
+    for line in o.stdout.lines().filter(|l| !l.trim().is_empty()) {
+        // TEXT format: "<path> (<node>): <code> (<SEVERITY>)" or a summary; collect codes.
+        let is_finding = ["(FATAL)", "(ERROR)", "(WARNING)"]
+            .iter()
+            .any(|sev| line.contains(sev));
+        if !is_finding {
+            continue;
+        }
+        if !allowed.iter().any(|code| line.contains(code)) {
+            bad.push(line.to_owned());
+        }
+    }
+    assert!(
+        bad.is_empty() && (o.ok || !o.stdout.is_empty()),
+        "pkilint findings on {}:\n{}\n--- full stdout\n{}\n--- stderr\n{}",
+        cert.display(),
+        bad.join("\n"),
+        o.stdout,
+        o.stderr
+    );
+    if !o.ok {
+        // Non-zero exit: only allowed findings were reported; make sure there were some.
+        assert!(
+            allowed.iter().any(|code| o.stdout.contains(code)),
+            "pkilint failed without findings on {}:\n{}\n{}",
+            cert.display(),
+            o.stdout,
+            o.stderr
+        );
+    }
+}
+
+fn x509_text(openssl: &Path, cert: &Path) -> String {
+    run_ok(
+        openssl,
+        &[
+            "x509",
+            "-in",
+            s(cert),
+            "-noout",
+            "-text",
+            "-nameopt",
+            "utf8",
+        ],
+    )
+}
+
+fn assert_contains(text: &str, needles: &[&str], what: &str) {
+    for n in needles {
+        assert!(text.contains(n), "{what}: {n:?} missing in\n{text}");
+    }
+}
+
+/// A snapshot of every file under `dir`: path → (mode, bytes).
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
+            let p = e.unwrap_or_else(|e| panic!("{e}")).path();
+            if p.is_dir() {
+                out.insert(p.clone(), (mode(&p), Vec::new()));
+                stack.push(p);
+            } else {
+                let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                out.insert(p.clone(), (mode(&p), bytes));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn dev_init_verifies_with_openssl_and_pkilint() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("var");
+    let opts = dev_opts(&data);
+    let report = pki::init(&opts)?;
+    let l = Layout::new(&data);
+    let id = report.issuer_id.clone();
+
+    // Files, modes.
+    assert_eq!(mode(l.keys_dir()), 0o700);
+    assert_eq!(mode(&l.dev_dir()), 0o700);
+    assert_eq!(mode(&l.issuer_dir(&id)), 0o700);
+    for p in [
+        l.root_key(),
+        l.issuer_key(&id),
+        l.responder_key(&id),
+        l.service_ca_key(),
+        l.server_key(),
+        l.pepper(),
+        l.dev_passphrase(),
+    ] {
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+    }
+    for role in SERVICE_ROLES {
+        assert_eq!(mode(&l.dev_client_key(role)), 0o600);
+        assert!(l.dev_client_cert(role).is_file());
+    }
+    assert!(l.dev_root_ca().is_file() && l.dev_service_ca().is_file());
+    assert_eq!(
+        std::fs::read_to_string(l.active_issuer())?.trim(),
+        id.as_str()
+    );
+    assert_eq!(
+        report.dev_passphrase_file.as_deref(),
+        Some(pki::dev_passphrase_path(&data).as_path())
+    );
+    let meta = std::fs::read_to_string(l.metadata())?;
+    assert!(
+        meta.contains("url_base = \"http://127.0.0.1:8080\""),
+        "{meta}"
+    );
+
+    // The daemon can load it with the generated passphrase file.
+    let pass = Passphrase::from_file(&l.dev_passphrase())?;
+    let loaded = pki::load(&data, &pass)?;
+    assert_eq!(loaded.active_issuer_id, id);
+    assert_eq!(
+        pki::fingerprint_sha256(&loaded.root_cert_der),
+        report.root_fingerprint_sha256
+    );
+
+    let Some(openssl) = tool("openssl") else {
+        return Ok(());
+    };
+    let root = l.root_cert();
+    let issuer = l.issuer_cert(&id);
+    let responder = l.responder_cert(&id);
+    let sca = l.service_ca_cert();
+    let server = l.server_cert();
+
+    // Chains.
+    run_ok(
+        &openssl,
+        &["verify", "-x509_strict", "-CAfile", s(&root), s(&issuer)],
+    );
+    run_ok(
+        &openssl,
+        &[
+            "verify",
+            "-x509_strict",
+            "-CAfile",
+            s(&root),
+            "-untrusted",
+            s(&issuer),
+            "-purpose",
+            "ocsphelper",
+            s(&responder),
+        ],
+    );
+    run_ok(
+        &openssl,
+        &[
+            "verify",
+            "-x509_strict",
+            "-CAfile",
+            s(&sca),
+            "-purpose",
+            "sslserver",
+            s(&server),
+        ],
+    );
+    for role in SERVICE_ROLES {
+        let cert = l.dev_client_cert(role);
+        run_ok(
+            &openssl,
+            &[
+                "verify",
+                "-x509_strict",
+                "-CAfile",
+                s(&l.dev_service_ca()),
+                "-purpose",
+                "sslclient",
+                s(&cert),
+            ],
+        );
+        // The dev key is a PKCS#8 PEM key that belongs to the certificate.
+        let key = l.dev_client_key(role);
+        let key_text = std::fs::read_to_string(&key)?;
+        assert!(key_text.starts_with("-----BEGIN PRIVATE KEY-----"));
+        let from_key = run_ok(&openssl, &["pkey", "-in", s(&key), "-pubout"]);
+        let from_cert = run_ok(&openssl, &["x509", "-in", s(&cert), "-noout", "-pubkey"]);
+        assert_eq!(
+            from_key, from_cert,
+            "{role}: key does not match certificate"
+        );
+    }
+    // The device root does not vouch for service certificates and vice versa.
+    let cross = run(
+        &openssl,
+        &[
+            "verify",
+            "-CAfile",
+            s(&root),
+            "-purpose",
+            "sslserver",
+            s(&server),
+        ],
+    );
+    assert!(!cross.ok, "server cert verified against the device root");
+
+    // Contents.
+    let t = x509_text(&openssl, &root);
+    assert_contains(
+        &t,
+        &[
+            "CA:TRUE, pathlen:1",
+            "Certificate Sign, CRL Sign",
+            "Subject Key Identifier",
+            "ecdsa-with-SHA384",
+            "NIST CURVE: P-384",
+            "C = JP, O = ケアネット, CN = ケアネット 端末ルートCA",
+        ],
+        "root",
+    );
+    let t = x509_text(&openssl, &issuer);
+    assert_contains(
+        &t,
+        &[
+            "CA:TRUE, pathlen:0",
+            "Certificate Sign, CRL Sign",
+            "Authority Key Identifier",
+            "Subject Key Identifier",
+            "URI:http://127.0.0.1:8080/crl/root.crl",
+            "CA Issuers - URI:http://127.0.0.1:8080/ca/root.crt",
+            "NIST CURVE: P-256",
+            &format!("CN = ケアネット 端末発行CA {id}"),
+        ],
+        "issuer",
+    );
+    let t = x509_text(&openssl, &responder);
+    assert_contains(
+        &t,
+        &[
+            "CA:FALSE",
+            "Digital Signature",
+            "OCSP Signing",
+            "OCSP No Check",
+            "Authority Key Identifier",
+            "Subject Key Identifier",
+        ],
+        "responder",
+    );
+    let t = x509_text(&openssl, &sca);
+    assert_contains(
+        &t,
+        &[
+            "CA:TRUE, pathlen:0",
+            "CN = ケアネット サービスクライアントCA",
+        ],
+        "service CA",
+    );
+    let t = x509_text(&openssl, &server);
+    assert_contains(
+        &t,
+        &[
+            "TLS Web Server Authentication",
+            "DNS:localhost",
+            "IP Address:127.0.0.1",
+            "IP Address:0:0:0:0:0:0:0:1",
+            "CA:FALSE",
+        ],
+        "server",
+    );
+    for role in SERVICE_ROLES {
+        let t = x509_text(&openssl, &l.dev_client_cert(role));
+        assert_contains(
+            &t,
+            &[
+                "TLS Web Client Authentication",
+                &format!("URI:urn:pki:role:{role}"),
+                &format!("CN = {role}"),
+            ],
+            role,
+        );
+    }
+
+    // Serials: 16 content bytes, positive, all distinct.
+    let mut serials = std::collections::HashSet::new();
+    for c in [&root, &issuer, &responder, &sca, &server] {
+        let line = run_ok(&openssl, &["x509", "-in", s(c), "-noout", "-serial"]);
+        let hex = line.trim().trim_start_matches("serial=");
+        assert_eq!(hex.len(), 32, "{}: serial {hex}", c.display());
+        assert!(u8::from_str_radix(&hex[..2], 16)? < 0x80);
+        assert!(serials.insert(hex.to_owned()));
+    }
+
+    // pkilint.
+    let Some(lint) = tool("lint_pkix_cert") else {
+        return Ok(());
+    };
+    for c in [&root, &issuer, &responder, &sca] {
+        pkilint(&lint, c, &[]);
+    }
+    pkilint(&lint, &server, &[ALLOWED_LOCALHOST]);
+    for role in SERVICE_ROLES {
+        pkilint(&lint, &l.dev_client_cert(role), &[ALLOWED_URN]);
+    }
+    Ok(())
+}
+
+#[test]
+fn production_init_writes_client_bundle_and_rotation_chains() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("pki");
+    let mut opts = prod_opts(&data);
+    opts.root_passphrase = Some(Passphrase::from_bytes(b"separate root passphrase")?);
+    let report = pki::init(&opts)?;
+    let l = Layout::new(&data);
+    assert!(report.dev_files.is_empty() && report.dev_passphrase_file.is_none());
+    assert!(!l.dev_dir().exists());
+    assert_eq!(mode(&l.clients_dir()), 0o700);
+    for role in SERVICE_ROLES {
+        assert_eq!(mode(&l.client_key(role)), 0o600);
+        assert!(report.client_files.contains(&l.client_cert(role)));
+    }
+
+    let root_pass = Passphrase::from_bytes(b"separate root passphrase")?;
+    let new_id = pki::rotate_issuer(&data, &root_pass, &opts.passphrase, 400, 10)?;
+    let loaded = pki::load(&data, &opts.passphrase)?;
+    assert_eq!(loaded.active_issuer_id, new_id);
+    assert_eq!(loaded.issuers.len(), 2);
+
+    let Some(openssl) = tool("openssl") else {
+        return Ok(());
+    };
+    for role in SERVICE_ROLES {
+        run_ok(
+            &openssl,
+            &[
+                "verify",
+                "-x509_strict",
+                "-CAfile",
+                s(&l.clients_dir().join("service-ca.crt")),
+                "-purpose",
+                "sslclient",
+                s(&l.client_cert(role)),
+            ],
+        );
+    }
+    for id in [&report.issuer_id, &new_id] {
+        run_ok(
+            &openssl,
+            &[
+                "verify",
+                "-x509_strict",
+                "-CAfile",
+                s(&l.root_cert()),
+                s(&l.issuer_cert(id)),
+            ],
+        );
+        run_ok(
+            &openssl,
+            &[
+                "verify",
+                "-x509_strict",
+                "-CAfile",
+                s(&l.root_cert()),
+                "-untrusted",
+                s(&l.issuer_cert(id)),
+                s(&l.responder_cert(id)),
+            ],
+        );
+    }
+    let t = x509_text(&openssl, &l.issuer_cert(&new_id));
+    assert_contains(
+        &t,
+        &["URI:http://pki.care.example:8080/crl/root.crl"],
+        "rotated issuer",
+    );
+    if let Some(lint) = tool("lint_pkix_cert") {
+        pkilint(&lint, &l.issuer_cert(&new_id), &[]);
+        pkilint(&lint, &l.responder_cert(&new_id), &[]);
+    }
+    Ok(())
+}
+
+#[test]
+fn init_twice_is_refused_and_changes_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("var");
+    let opts = prod_opts(&data);
+    pki::init(&opts)?;
+    let before = snapshot(&data);
+    let err = pki::init(&prod_opts(&data))
+        .err()
+        .ok_or("second init succeeded")?;
+    assert!(
+        matches!(&err, PkiError::AlreadyInitialized { path } if path == &data.join("keys")),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("already exists"), "{err}");
+    // Dev options on an initialised directory must not replace the passphrase file either.
+    assert!(matches!(
+        InitOptions::dev(&data, "http://127.0.0.1:8080"),
+        Err(PkiError::AlreadyInitialized { .. })
+    ));
+    assert_eq!(snapshot(&data), before, "a refused init changed files");
+    Ok(())
+}
+
+#[test]
+fn load_with_wrong_passphrase_is_a_clear_error() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("var");
+    pki::init(&prod_opts(&data))?;
+    let wrong = Passphrase::from_bytes(b"not the passphrase")?;
+    let err = pki::load(&data, &wrong)
+        .err()
+        .ok_or("loaded with a wrong passphrase")?;
+    assert!(
+        matches!(
+            &err,
+            PkiError::Sealed {
+                source: SealError::WrongPassphrase,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("wrong passphrase"), "{msg}");
+    assert!(
+        !msg.contains("not the passphrase") && !msg.contains(PASS),
+        "{msg}"
+    );
+    Ok(())
+}
+
+#[test]
+fn load_refuses_group_readable_key() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("var");
+    let opts = prod_opts(&data);
+    let report = pki::init(&opts)?;
+    let key = Layout::new(&data).issuer_key(&report.issuer_id);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))?;
+    let err = pki::load(&data, &opts.passphrase)
+        .err()
+        .ok_or("loaded a 0644 key")?;
+    assert!(
+        matches!(
+            &err,
+            PkiError::Sealed {
+                source: SealError::InsecurePermissions { mode: 0o644, path },
+                ..
+            } if path == &key
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    assert!(pki::load(&data, &opts.passphrase).is_ok());
+    Ok(())
+}

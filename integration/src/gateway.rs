@@ -1,0 +1,1 @@
+//! The example mTLS gateway (being written).

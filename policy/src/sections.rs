@@ -1,0 +1,274 @@
+//! The small numeric sections: `[ca]`, `[tickets]`, `[crl]`, `[ocsp]`.
+//!
+//! Each is validated on its own (ranges) and against the others where they depend on each
+//! other (the OCSP response validity must fit in the responder certificate's renewal margin).
+
+use std::time::Duration;
+
+use crate::error::PolicyError;
+use crate::raw::{RawCa, RawCrl, RawOcsp, RawTickets, ranged};
+
+const DAY: u64 = 24 * 60 * 60;
+const HOUR: u64 = 60 * 60;
+
+/// Upper bound on any validity in days (100 years).
+pub const MAX_VALIDITY_DAYS: i64 = 36_500;
+
+/// `[ca]`: validities of the CA's own certificates and of the service client certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaPolicy {
+    /// Validity of the root CA certificate, in days.
+    pub root_validity_days: u32,
+    /// Validity of an issuing CA certificate, in days; strictly less than the root's.
+    pub issuer_validity_days: u32,
+    /// Validity of a delegated OCSP responder certificate, in days; it is renewed when less
+    /// than a third of it remains (see [`CaPolicy::ocsp_responder_renew_before`]).
+    pub ocsp_responder_validity_days: u32,
+    /// Validity of a service client certificate (portal, gateway, ops), in days.
+    pub service_cert_validity_days: u32,
+}
+
+impl CaPolicy {
+    pub(crate) fn from_raw(raw: RawCa) -> Result<Self, PolicyError> {
+        let root: u32 = ranged(
+            raw.root_validity_days,
+            "ca.root_validity_days",
+            2,
+            MAX_VALIDITY_DAYS,
+        )?;
+        let issuer: u32 = ranged(
+            raw.issuer_validity_days,
+            "ca.issuer_validity_days",
+            1,
+            MAX_VALIDITY_DAYS,
+        )?;
+        if issuer >= root {
+            return Err(PolicyError::InvalidValue {
+                field: "ca.issuer_validity_days".into(),
+                reason: format!(
+                    "{issuer} days must be less than `ca.root_validity_days` ({root} days)"
+                ),
+            });
+        }
+        let ocsp: u32 = ranged(
+            raw.ocsp_responder_validity_days,
+            "ca.ocsp_responder_validity_days",
+            3,
+            366,
+        )?;
+        let service: u32 = ranged(
+            raw.service_cert_validity_days,
+            "ca.service_cert_validity_days",
+            1,
+            MAX_VALIDITY_DAYS,
+        )?;
+        for (field, days) in [
+            ("ca.ocsp_responder_validity_days", ocsp),
+            ("ca.service_cert_validity_days", service),
+        ] {
+            check_leaf_validity(field, i64::from(days), issuer)?;
+        }
+        Ok(Self {
+            root_validity_days: root,
+            issuer_validity_days: issuer,
+            ocsp_responder_validity_days: ocsp,
+            service_cert_validity_days: service,
+        })
+    }
+
+    /// Validity of the root certificate.
+    pub fn root_validity(&self) -> Duration {
+        days(self.root_validity_days)
+    }
+
+    /// Validity of an issuing CA certificate.
+    pub fn issuer_validity(&self) -> Duration {
+        days(self.issuer_validity_days)
+    }
+
+    /// Validity of an OCSP responder certificate.
+    pub fn ocsp_responder_validity(&self) -> Duration {
+        days(self.ocsp_responder_validity_days)
+    }
+
+    /// Renew the OCSP responder certificate when less than this remains (a third of its
+    /// validity).
+    pub fn ocsp_responder_renew_before(&self) -> Duration {
+        self.ocsp_responder_validity() / 3
+    }
+
+    /// Validity of a service client certificate.
+    pub fn service_cert_validity(&self) -> Duration {
+        days(self.service_cert_validity_days)
+    }
+}
+
+/// Checks that a leaf validity (days) is at most the issuer's.
+pub(crate) fn check_leaf_validity(
+    field: &str,
+    days: i64,
+    issuer_days: u32,
+) -> Result<(), PolicyError> {
+    if days < 1 {
+        return Err(PolicyError::OutOfRange {
+            field: field.to_owned(),
+            value: days,
+            min: 1,
+            max: i64::from(issuer_days),
+        });
+    }
+    if days > i64::from(issuer_days) {
+        return Err(PolicyError::ValidityBeyondIssuer {
+            field: field.to_owned(),
+            days,
+            issuer_field: "ca.issuer_validity_days".into(),
+            issuer_days: i64::from(issuer_days),
+        });
+    }
+    Ok(())
+}
+
+/// `[tickets]`: enrollment tickets (8-digit number + 8-digit password).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketPolicy {
+    /// How long a ticket can be redeemed after its creation, in days.
+    pub lifetime_days: u32,
+    /// Wrong passwords after which the ticket locks.
+    pub max_attempts: u32,
+    /// Redemption attempts allowed per ticket number and minute (right or wrong).
+    pub rate_per_ticket_per_minute: u32,
+}
+
+impl TicketPolicy {
+    pub(crate) fn from_raw(raw: RawTickets) -> Result<Self, PolicyError> {
+        Ok(Self {
+            lifetime_days: ranged(raw.lifetime_days, "tickets.lifetime_days", 1, 90)?,
+            // The password has 10^8 values; a handful of tries keeps guessing hopeless.
+            max_attempts: ranged(raw.max_attempts, "tickets.max_attempts", 1, 10)?,
+            rate_per_ticket_per_minute: ranged(
+                raw.rate_per_ticket_per_minute,
+                "tickets.rate_per_ticket_per_minute",
+                1,
+                600,
+            )?,
+        })
+    }
+
+    /// Ticket lifetime.
+    pub fn lifetime(&self) -> Duration {
+        days(self.lifetime_days)
+    }
+}
+
+/// `[crl]`: when CRLs are (re)published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlPolicy {
+    /// `nextUpdate - thisUpdate` of every CRL, in hours.
+    pub next_update_hours: u32,
+    /// Republish on schedule when less than this remains before `nextUpdate`, in hours.
+    pub republish_before_hours: u32,
+    /// Revocations within this window share one CRL, in milliseconds (`< 1000`, so a
+    /// revocation reaches the CRL within a second).
+    pub batch_window_ms: u32,
+}
+
+impl CrlPolicy {
+    pub(crate) fn from_raw(raw: RawCrl) -> Result<Self, PolicyError> {
+        let next: u32 = ranged(raw.next_update_hours, "crl.next_update_hours", 1, 24 * 30)?;
+        let before: u32 = ranged(
+            raw.republish_before_hours,
+            "crl.republish_before_hours",
+            1,
+            24 * 30,
+        )?;
+        if before >= next {
+            return Err(PolicyError::invalid(
+                "crl.republish_before_hours",
+                format!("{before} hours must be less than `crl.next_update_hours` ({next} hours)"),
+            ));
+        }
+        Ok(Self {
+            next_update_hours: next,
+            republish_before_hours: before,
+            batch_window_ms: ranged(raw.batch_window_ms, "crl.batch_window_ms", 0, 999)?,
+        })
+    }
+
+    /// `nextUpdate - thisUpdate`.
+    pub fn next_update(&self) -> Duration {
+        hours(self.next_update_hours)
+    }
+
+    /// Republish when less than this remains before `nextUpdate`.
+    pub fn republish_before(&self) -> Duration {
+        hours(self.republish_before_hours)
+    }
+
+    /// The batching window for revocations.
+    pub fn batch_window(&self) -> Duration {
+        Duration::from_millis(u64::from(self.batch_window_ms))
+    }
+}
+
+/// `[ocsp]`: pre-signed OCSP responses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OcspPolicy {
+    /// `nextUpdate - thisUpdate` of every response, in hours.
+    pub validity_hours: u32,
+    /// Re-sign a cached response when less than this remains before its `nextUpdate`, in hours.
+    pub resign_before_hours: u32,
+}
+
+impl OcspPolicy {
+    pub(crate) fn from_raw(raw: RawOcsp, ca: &CaPolicy) -> Result<Self, PolicyError> {
+        let validity: u32 = ranged(raw.validity_hours, "ocsp.validity_hours", 1, 24 * 7)?;
+        let before: u32 = ranged(
+            raw.resign_before_hours,
+            "ocsp.resign_before_hours",
+            1,
+            24 * 7,
+        )?;
+        if before >= validity {
+            return Err(PolicyError::invalid(
+                "ocsp.resign_before_hours",
+                format!(
+                    "{before} hours must be less than `ocsp.validity_hours` ({validity} hours)"
+                ),
+            ));
+        }
+        // The responder certificate is renewed when a third of it remains: a response signed
+        // just before the renewal must not outlive the certificate that signed it.
+        let margin_hours = u64::from(ca.ocsp_responder_validity_days) * 24 / 3;
+        if u64::from(validity) > margin_hours {
+            return Err(PolicyError::invalid(
+                "ocsp.validity_hours",
+                format!(
+                    "{validity} hours exceeds a third of `ca.ocsp_responder_validity_days` \
+                     ({margin_hours} hours), so a response could outlive its responder certificate"
+                ),
+            ));
+        }
+        Ok(Self {
+            validity_hours: validity,
+            resign_before_hours: before,
+        })
+    }
+
+    /// `nextUpdate - thisUpdate` of every response.
+    pub fn validity(&self) -> Duration {
+        hours(self.validity_hours)
+    }
+
+    /// Re-sign when less than this remains.
+    pub fn resign_before(&self) -> Duration {
+        hours(self.resign_before_hours)
+    }
+}
+
+fn days(n: u32) -> Duration {
+    Duration::from_secs(u64::from(n) * DAY)
+}
+
+fn hours(n: u32) -> Duration {
+    Duration::from_secs(u64::from(n) * HOUR)
+}
