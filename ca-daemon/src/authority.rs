@@ -677,8 +677,12 @@ impl Authority {
         let this = self.clone();
         let (iid, serial) = (issuer.id.clone(), leaf.serial_hex.clone());
         tokio::task::spawn_blocking(move || {
-            this.ocsp
-                .presign(&iid, &serial, CertStatus::Good, OffsetDateTime::now_utc());
+            if let Err(e) =
+                this.ocsp
+                    .presign(&iid, &serial, CertStatus::Good, OffsetDateTime::now_utc())
+            {
+                tracing::warn!(serial = %serial, error = %e, "OCSP pre-signing failed");
+            }
         });
 
         Ok(Bundle {
@@ -718,10 +722,7 @@ impl Authority {
         page_token: &str,
     ) -> Result<(Vec<CertRecord>, String), CaError> {
         let limits = &self.policy.limits;
-        let size = match page_size {
-            0 => limits.default_page_size,
-            n => (n as usize).min(limits.max_page_size),
-        };
+        let size = limits.effective_page_size(page_size) as usize;
         let after = if page_token.is_empty() {
             None
         } else {
@@ -759,10 +760,7 @@ impl Authority {
         let now = OffsetDateTime::now_utc();
         if let Some(d) = invalidity_date {
             if d > now {
-                return Err(CaError::invalid(
-                    "invalidity_date",
-                    "lies in the future",
-                ));
+                return Err(CaError::invalid("invalidity_date", "lies in the future"));
             }
         }
         let revocation = Revocation {
@@ -921,16 +919,15 @@ impl Authority {
         let started = std::time::Instant::now();
         let record = blocking(move || {
             let number = store.reserve_crl_number(&issuer.id).map_err(store_err)?;
-            let revoked = store.revoked_certificates(&issuer.id).map_err(store_err)?;
-            let entries: Vec<RevokedEntry> = revoked
+            let entries: Vec<RevokedEntry> = store
+                .revocation_entries(&issuer.id)
+                .map_err(store_err)?
                 .into_iter()
-                .filter_map(|c| {
-                    c.revocation.map(|r| RevokedEntry {
-                        serial_hex: c.serial,
-                        revoked_at: r.revoked_at,
-                        reason: r.reason,
-                        invalidity_date: r.invalidity_date,
-                    })
+                .map(|e| RevokedEntry {
+                    serial_hex: e.serial,
+                    revoked_at: e.revocation.revoked_at,
+                    reason: e.revocation.reason,
+                    invalidity_date: e.revocation.invalidity_date,
                 })
                 .collect();
             let now = OffsetDateTime::now_utc();
@@ -1105,10 +1102,10 @@ impl Authority {
     /// with.
     pub async fn reload_issuers(
         self: &Arc<Self>,
-        passphrase: &crate::keys::Passphrase,
+        passphrase: &Arc<crate::keys::Passphrase>,
     ) -> Result<String, CaError> {
         let dir = self.data_dir.clone();
-        let pass = passphrase.clone();
+        let pass = Arc::clone(passphrase);
         let pki = blocking(move || pki::load(&dir, &pass).map_err(CaError::internal)).await?;
         let set = IssuerSet {
             active: pki.active_issuer_id.clone(),
@@ -1121,7 +1118,9 @@ impl Authority {
         if !set.by_id.contains_key(&set.active) {
             return Err(CaError::Unavailable("active issuer has no keys".into()));
         }
-        self.ocsp.set_issuers(responder_issuers(&set)?);
+        self.ocsp
+            .set_issuers(responder_issuers(&set)?)
+            .map_err(CaError::internal)?;
         let active = set.active.clone();
         match self.issuers.write() {
             Ok(mut g) => *g = Arc::new(set),
@@ -1158,15 +1157,21 @@ impl Authority {
         blocking(move || store.latest_crl(&id).map_err(store_err)).await
     }
 
-    /// A consistent snapshot of the store as bytes (for the `Backup` RPC), audited.
+    /// A consistent snapshot of the store as one tar archive (for the `Backup` RPC), audited.
     pub async fn backup_bytes(&self, caller: &Caller) -> Result<Vec<u8>, CaError> {
         let dir = tempfile_dir(&self.data_dir)?;
-        let path = dir.join("snapshot");
-        self.backup_to(path.clone()).await?;
-        let bytes = tokio::fs::read(&path)
-            .await
-            .map_err(|e| CaError::internal(format!("reading snapshot: {e}")))?;
+        let snapshot = dir.join("store");
+        self.backup_to(snapshot.clone()).await?;
+        let packed = blocking(move || {
+            let mut builder = tar::Builder::new(Vec::new());
+            builder
+                .append_dir_all("store", &snapshot)
+                .and_then(|()| builder.into_inner())
+                .map_err(|e| CaError::internal(format!("packing snapshot: {e}")))
+        })
+        .await;
         let _ = tokio::fs::remove_dir_all(&dir).await;
+        let bytes = packed?;
         let store = self.store.clone();
         let event = AuditEvent {
             actor: caller.actor(),

@@ -25,16 +25,22 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon (gRPC over mTLS, HTTP for CRL/OCSP).
-    #[command(after_help = "Example:\n  ca-daemon serve --dev\n  ca-daemon serve --config /etc/ca-daemon/ca-daemon.toml")]
+    #[command(
+        after_help = "Example:\n  ca-daemon serve --dev\n  ca-daemon serve --config /etc/ca-daemon/ca-daemon.toml"
+    )]
     Serve(ServeArgs),
     /// Create a new PKI (root, first issuer, OCSP responder, service CA, server and client certificates, pepper).
-    #[command(after_help = "Example:\n  ca-daemon init --data-dir /var/lib/ca-daemon --passphrase-file /etc/ca-daemon/passphrase --url-base http://pki.internal\n  ca-daemon init --dev --data-dir ./var")]
+    #[command(
+        after_help = "Example:\n  ca-daemon init --data-dir /var/lib/ca-daemon --passphrase-file /etc/ca-daemon/passphrase --url-base http://pki.internal\n  ca-daemon init --dev --data-dir ./var"
+    )]
     Init(InitArgs),
     /// Enrollment tickets (operators and demos).
     #[command(subcommand)]
     Ticket(TicketCommand),
     /// Revoke a certificate, a device, a person or a whole facility.
-    #[command(after_help = "Example:\n  ca-daemon revoke --serial 3fa4... --reason key_compromise\n  ca-daemon revoke --facility F001 --reason cessation_of_operation")]
+    #[command(
+        after_help = "Example:\n  ca-daemon revoke --serial 3fa4... --reason key_compromise\n  ca-daemon revoke --facility F001 --reason cessation_of_operation"
+    )]
     Revoke(RevokeArgs),
     /// CRL operations.
     #[command(subcommand)]
@@ -52,7 +58,9 @@ pub enum Command {
     #[command(after_help = "Example:\n  ca-daemon backup --out /backup/ca-$(date +%F).snapshot")]
     Backup(BackupArgs),
     /// Restore a snapshot into a new data directory's store (the daemon must not be running on it).
-    #[command(after_help = "Example:\n  ca-daemon restore --from /backup/ca-2026-11-24.snapshot --data-dir /var/lib/ca-daemon")]
+    #[command(
+        after_help = "Example:\n  ca-daemon restore --from /backup/ca-2026-11-24.snapshot --data-dir /var/lib/ca-daemon"
+    )]
     Restore(RestoreArgs),
 }
 
@@ -118,7 +126,11 @@ pub struct InitArgs {
 #[derive(Debug, Args, Clone)]
 pub struct ClientArgs {
     /// gRPC endpoint.
-    #[arg(long, default_value = "https://127.0.0.1:50051", env = "CA_DAEMON_SERVER")]
+    #[arg(
+        long,
+        default_value = "https://127.0.0.1:50051",
+        env = "CA_DAEMON_SERVER"
+    )]
     pub server: String,
     /// Data directory whose dev/ holds the certificates (used for defaults below).
     #[arg(long, default_value = "./var")]
@@ -141,10 +153,14 @@ pub struct ClientArgs {
 #[derive(Debug, Subcommand)]
 pub enum TicketCommand {
     /// Create a ticket; prints the number and the password (shown once).
-    #[command(after_help = "Example:\n  ca-daemon ticket create --facility-id F001 --facility-name 'みよし訪問看護ステーション' \\\n    --person-id P001 --family-name 山田 --given-name 花子 --job 看護師 --device-id D001 --os ios")]
+    #[command(
+        after_help = "Example:\n  ca-daemon ticket create --facility-id F001 --facility-name 'みよし訪問看護ステーション' \\\n    --person-id P001 --family-name 山田 --given-name 花子 --job 看護師 --email hanako@example.jp \\\n    --device-id D001 --os ios"
+    )]
     Create(TicketCreateArgs),
     /// Redeem a ticket and write the bundle files.
-    #[command(after_help = "Example:\n  ca-daemon ticket redeem --number 12345678 --password-file pw.txt --os ios --out ./bundle")]
+    #[command(
+        after_help = "Example:\n  ca-daemon ticket redeem --number 12345678 --password-file pw.txt --os ios --out ./bundle"
+    )]
     Redeem(TicketRedeemArgs),
     /// Show a ticket (never its password).
     Get(TicketNumberArgs),
@@ -191,8 +207,8 @@ pub struct TicketCreateArgs {
     /// Job (becomes OU).
     #[arg(long, default_value = "")]
     pub job: String,
-    /// E-mail.
-    #[arg(long, default_value = "")]
+    /// E-mail the ticket goes to.
+    #[arg(long)]
     pub email: String,
     /// Device id.
     #[arg(long)]
@@ -270,7 +286,9 @@ pub struct RevokeArgs {
 #[derive(Debug, Subcommand)]
 pub enum CrlCommand {
     /// Publish a new CRL now.
-    #[command(after_help = "Example:\n  ca-daemon crl publish\n  ca-daemon crl publish --issuer iss-0a1b2c3d4e5f6a7b")]
+    #[command(
+        after_help = "Example:\n  ca-daemon crl publish\n  ca-daemon crl publish --issuer iss-0a1b2c3d4e5f6a7b"
+    )]
     Publish(CrlPublishArgs),
 }
 
@@ -292,7 +310,9 @@ pub enum IssuerCommand {
     #[command(after_help = "Example:\n  ca-daemon issuer list --json")]
     List(ClientArgs),
     /// Create a new issuing CA signed by the root and switch the running daemon to it.
-    #[command(after_help = "Example:\n  ca-daemon issuer rotate --data-dir /var/lib/ca-daemon --root-passphrase-file /root/root-pass --passphrase-file /etc/ca-daemon/passphrase")]
+    #[command(
+        after_help = "Example:\n  ca-daemon issuer rotate --data-dir /var/lib/ca-daemon --root-passphrase-file /root/root-pass --passphrase-file /etc/ca-daemon/passphrase"
+    )]
     Rotate(RotateArgs),
 }
 
@@ -375,9 +395,24 @@ fn read(path: &Path) -> Result<Vec<u8>, CliError> {
 /// Connects to the daemon with the client certificate.
 pub async fn connect(args: &ClientArgs) -> Result<Channel, CliError> {
     let dev = args.data_dir.join("dev");
-    let ca = read(&args.ca_cert.clone().unwrap_or_else(|| dev.join("service-ca.crt")))?;
-    let cert = read(&args.client_cert.clone().unwrap_or_else(|| dev.join("ops.crt")))?;
-    let key = read(&args.client_key.clone().unwrap_or_else(|| dev.join("ops.key")))?;
+    let ca = read(
+        &args
+            .ca_cert
+            .clone()
+            .unwrap_or_else(|| dev.join("service-ca.crt")),
+    )?;
+    let cert = read(
+        &args
+            .client_cert
+            .clone()
+            .unwrap_or_else(|| dev.join("ops.crt")),
+    )?;
+    let key = read(
+        &args
+            .client_key
+            .clone()
+            .unwrap_or_else(|| dev.join("ops.key")),
+    )?;
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
         .identity(Identity::from_pem(cert, key))
@@ -396,13 +431,20 @@ pub async fn connect(args: &ClientArgs) -> Result<Channel, CliError> {
 fn target_os(s: &str) -> Result<v1::TargetOs, CliError> {
     pki_policy::domain::TargetOs::parse(s)
         .map(v1::TargetOs::from)
-        .ok_or_else(|| CliError::new(format!("unknown OS '{s}': use windows, macos, android or ios")))
+        .ok_or_else(|| {
+            CliError::new(format!(
+                "unknown OS '{s}': use windows, macos, android or ios"
+            ))
+        })
 }
 
 fn fmt_ts(t: &Option<prost_types::Timestamp>) -> String {
     t.as_ref()
         .and_then(|t| pki_proto::convert::time_from_timestamp("t", t).ok())
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| "-".into())
 }
 
@@ -457,8 +499,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 .await?
                 .into_inner();
             if a.client.json {
-                print_json(serde_json::json!({"issuer_id": crl.issuer_id, "number": crl.number,
-                    "this_update": fmt_ts(&crl.this_update), "next_update": fmt_ts(&crl.next_update)}));
+                print_json(
+                    serde_json::json!({"issuer_id": crl.issuer_id, "number": crl.number,
+                    "this_update": fmt_ts(&crl.this_update), "next_update": fmt_ts(&crl.next_update)}),
+                );
             } else {
                 println!(
                     "published CRL #{} for {} (next update {})",
@@ -471,14 +515,20 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Issuer(IssuerCommand::List(a)) => {
             let mut c = v1::admin_client::AdminClient::new(connect(&a).await?);
-            let list = c.list_issuers(v1::ListIssuersRequest {}).await?.into_inner();
+            let list = c
+                .list_issuers(v1::ListIssuersRequest {})
+                .await?
+                .into_inner();
             print_issuers(&list.issuers, a.json);
             Ok(())
         }
         Command::Issuer(IssuerCommand::Rotate(a)) => rotate(a).await,
         Command::Audit(AuditCommand::Verify(a)) => {
             let mut c = v1::admin_client::AdminClient::new(connect(&a).await?);
-            let v = c.verify_audit(v1::VerifyAuditRequest {}).await?.into_inner();
+            let v = c
+                .verify_audit(v1::VerifyAuditRequest {})
+                .await?
+                .into_inner();
             if a.json {
                 print_json(serde_json::json!({"ok": v.ok, "entries": v.entries,
                     "first_bad_entry": if v.ok { None } else { Some(v.first_bad_entry) }, "problem": v.problem}));
@@ -507,7 +557,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             while let Some(chunk) = stream.message().await? {
                 data.extend_from_slice(&chunk.data);
             }
-            let dir = a.out.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            let dir = a
+                .out
+                .parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
             let name = a
                 .out
                 .file_name()
@@ -518,24 +571,51 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             if a.client.json {
                 print_json(serde_json::json!({"out": a.out, "bytes": data.len()}));
             } else {
-                println!("backup written to {} ({} bytes)", a.out.display(), data.len());
+                println!(
+                    "backup written to {} ({} bytes)",
+                    a.out.display(),
+                    data.len()
+                );
             }
             Ok(())
         }
         Command::Restore(a) => {
             let store_dir = crate::pki::Layout::new(&a.data_dir).store_dir();
-            crate::store::SledStore::restore_from(&a.from, &store_dir)
-                .map_err(|e| CliError::new(format!("restore failed: {e}")))?;
+            restore(&a.from, &a.data_dir, &store_dir)?;
             println!("restored {} into {}", a.from.display(), store_dir.display());
             Ok(())
         }
     }
 }
 
+/// Unpacks a `backup` archive next to the store and restores it (verifying its audit chain).
+fn restore(archive: &Path, data_dir: &Path, store_dir: &Path) -> Result<(), CliError> {
+    let file = std::fs::File::open(archive)
+        .map_err(|e| CliError::new(format!("cannot open {}: {e}", archive.display())))?;
+    let unpack = data_dir.join("tmp").join("restore");
+    let _ = std::fs::remove_dir_all(&unpack);
+    std::fs::create_dir_all(&unpack)
+        .map_err(|e| CliError::new(format!("cannot create {}: {e}", unpack.display())))?;
+    tar::Archive::new(file).unpack(&unpack).map_err(|e| {
+        CliError::new(format!(
+            "{} is not a backup archive: {e}",
+            archive.display()
+        ))
+    })?;
+    let result = crate::store::SledStore::restore_from(&unpack.join("store"), store_dir)
+        .map_err(|e| CliError::new(format!("restore failed: {e}")));
+    let _ = std::fs::remove_dir_all(&unpack);
+    result
+}
+
 fn print_issuers(issuers: &[v1::Issuer], json: bool) {
     let state = |s: i32| {
         v1::IssuerState::try_from(s)
-            .map(|s| s.as_str_name().trim_start_matches("ISSUER_STATE_").to_lowercase())
+            .map(|s| {
+                s.as_str_name()
+                    .trim_start_matches("ISSUER_STATE_")
+                    .to_lowercase()
+            })
             .unwrap_or_else(|_| "?".into())
     };
     if json {
@@ -610,10 +690,12 @@ async fn init(a: InitArgs) -> Result<(), CliError> {
                 .map_err(|e| CliError::new(e.to_string()))?
         } else {
             let pf = a.passphrase_file.as_deref().ok_or_else(|| {
-                CliError::new("--passphrase-file is required (or use --dev for a throw-away dev PKI)")
+                CliError::new(
+                    "--passphrase-file is required (or use --dev for a throw-away dev PKI)",
+                )
             })?;
-            let passphrase = crate::keys::Passphrase::from_file(pf)
-                .map_err(|e| CliError::new(e.to_string()))?;
+            let passphrase =
+                crate::keys::Passphrase::from_file(pf).map_err(|e| CliError::new(e.to_string()))?;
             let mut o = crate::pki::InitOptions::dev(&a.data_dir, &a.url_base)
                 .map_err(|e| CliError::new(e.to_string()))?;
             o.passphrase = passphrase;
@@ -637,12 +719,17 @@ async fn init(a: InitArgs) -> Result<(), CliError> {
     .map_err(|e| CliError::new(e.to_string()))??;
     let (report, json) = report;
     if json {
-        print_json(serde_json::json!({"data_dir": report.data_dir, "issuer_id": report.issuer_id,
+        print_json(
+            serde_json::json!({"data_dir": report.data_dir, "issuer_id": report.issuer_id,
             "root_fingerprint_sha256": report.root_fingerprint_sha256,
-            "dev_passphrase_file": report.dev_passphrase_file}));
+            "dev_passphrase_file": report.dev_passphrase_file}),
+        );
     } else {
         println!("PKI created in {}", report.data_dir.display());
-        println!("  root CA SHA-256 fingerprint: {}", report.root_fingerprint_sha256);
+        println!(
+            "  root CA SHA-256 fingerprint: {}",
+            report.root_fingerprint_sha256
+        );
         println!("  active issuer: {}", report.issuer_id);
         if let Some(p) = &report.dev_passphrase_file {
             println!(
@@ -688,8 +775,10 @@ async fn ticket(t: TicketCommand) -> Result<(), CliError> {
                 .await?
                 .into_inner();
             if a.client.json {
-                print_json(serde_json::json!({"number": r.number, "password": r.password,
-                    "expires_at": fmt_ts(&r.expires_at)}));
+                print_json(
+                    serde_json::json!({"number": r.number, "password": r.password,
+                    "expires_at": fmt_ts(&r.expires_at)}),
+                );
             } else {
                 println!("number:   {}", r.number);
                 println!("password: {}", r.password);
@@ -738,10 +827,16 @@ async fn ticket(t: TicketCommand) -> Result<(), CliError> {
             let chain: String = r.chain_der.iter().map(|d| pem_cert(d)).collect();
             written.push(write_file(&a.out, "chain.pem", chain.as_bytes(), false)?);
             if a.client.json {
-                print_json(serde_json::json!({"serial": r.serial, "not_after": fmt_ts(&r.not_after),
-                    "files": written, "media_type": r.media_type}));
+                print_json(
+                    serde_json::json!({"serial": r.serial, "not_after": fmt_ts(&r.not_after),
+                    "files": written, "media_type": r.media_type}),
+                );
             } else {
-                println!("certificate {} (valid until {})", r.serial, fmt_ts(&r.not_after));
+                println!(
+                    "certificate {} (valid until {})",
+                    r.serial,
+                    fmt_ts(&r.not_after)
+                );
                 for w in written {
                     println!("  wrote {}", w.display());
                 }
@@ -771,7 +866,11 @@ async fn ticket(t: TicketCommand) -> Result<(), CliError> {
 
 fn print_ticket(t: &v1::Ticket, json: bool) {
     let state = v1::TicketState::try_from(t.state)
-        .map(|s| s.as_str_name().trim_start_matches("TICKET_STATE_").to_lowercase())
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("TICKET_STATE_")
+                .to_lowercase()
+        })
         .unwrap_or_else(|_| "?".into());
     if json {
         print_json(serde_json::json!({"number": t.number, "state": state,
@@ -797,7 +896,11 @@ async fn revoke(a: RevokeArgs) -> Result<(), CliError> {
         (None, Some(d), None, None) => Target::DeviceId(d),
         (None, None, Some(p), None) => Target::PersonId(p),
         (None, None, None, Some(f)) => Target::FacilityId(f),
-        _ => return Err(CliError::new("give exactly one of --serial, --device, --person, --facility")),
+        _ => {
+            return Err(CliError::new(
+                "give exactly one of --serial, --device, --person, --facility",
+            ));
+        }
     };
     let reason = pki_policy::domain::RevocationReason::parse(&a.reason)
         .ok_or_else(|| CliError::new(format!("unknown reason '{}'", a.reason)))?;
@@ -874,7 +977,8 @@ async fn rotate(a: RotateArgs) -> Result<(), CliError> {
         .unwrap_or_else(|| crate::pki::dev_passphrase_path(&data_dir));
     let rpf = a.root_passphrase_file.clone().unwrap_or_else(|| pf.clone());
     let new_id = tokio::task::spawn_blocking(move || -> Result<String, CliError> {
-        let pass = crate::keys::Passphrase::from_file(&pf).map_err(|e| CliError::new(e.to_string()))?;
+        let pass =
+            crate::keys::Passphrase::from_file(&pf).map_err(|e| CliError::new(e.to_string()))?;
         let root_pass =
             crate::keys::Passphrase::from_file(&rpf).map_err(|e| CliError::new(e.to_string()))?;
         crate::pki::rotate_issuer(

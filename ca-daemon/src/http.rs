@@ -64,8 +64,14 @@ async fn crl(State(a): State<Arc<Authority>>, Path(file): Path<String>) -> Respo
         return match a.root_crl() {
             Some(der) => {
                 let mut h = HeaderMap::new();
-                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/pkix-crl"));
-                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/pkix-crl"),
+                );
+                h.insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("public, max-age=3600"),
+                );
                 (h, der).into_response()
             }
             None => (StatusCode::NOT_FOUND, "no root CRL published\n").into_response(),
@@ -74,7 +80,10 @@ async fn crl(State(a): State<Arc<Authority>>, Path(file): Path<String>) -> Respo
     match a.crl(id).await {
         Ok(c) => {
             let mut h = HeaderMap::new();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/pkix-crl"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/pkix-crl"),
+            );
             // A fresh CRL can appear at any revocation; caches should revalidate soon.
             h.insert(
                 header::CACHE_CONTROL,
@@ -102,7 +111,10 @@ fn ocsp_response(der: Vec<u8>, cacheable: bool) -> Response {
         HeaderValue::from_static("application/ocsp-response"),
     );
     if cacheable {
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=300"),
+        );
     } else {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }

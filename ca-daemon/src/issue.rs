@@ -17,7 +17,11 @@ use rcgen::{
     ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
-use x509_parser::prelude::*;
+use x509_parser::der_parser::oid::Oid;
+use x509_parser::oid_registry;
+use x509_parser::prelude::{
+    DistributionPointName, FromDer, GeneralName, ParsedExtension, X509Certificate, X509Version,
+};
 use zeroize::Zeroizing;
 
 use crate::keys::{self, KeyType};
@@ -131,7 +135,11 @@ pub fn issue_leaf(req: &LeafRequest<'_>) -> Result<IssuedLeaf, IssueError> {
     let not_before = not_before.replace_nanosecond(0).unwrap_or(not_before);
     let not_after = not_after.replace_nanosecond(0).unwrap_or(not_after);
 
-    let subject = req.profile.subject.render(req.enrollee);
+    let subject = req
+        .profile
+        .subject
+        .render_checked(req.enrollee)
+        .map_err(|e| IssueError::Lint(format!("subject: {}: {:?}", e.field, e.problem)))?;
     let mut dn = DistinguishedName::new();
     let country = rcgen::string::PrintableString::try_from(subject.country.as_str())
         .map_err(|_| IssueError::Lint("subject country is not a PrintableString".into()))?;
@@ -171,7 +179,10 @@ pub fn issue_leaf(req: &LeafRequest<'_>) -> Result<IssuedLeaf, IssueError> {
         .iter()
         .map(|ku| match ku {
             pki_policy::KeyUsage::DigitalSignature => KeyUsagePurpose::DigitalSignature,
+            pki_policy::KeyUsage::ContentCommitment => KeyUsagePurpose::ContentCommitment,
             pki_policy::KeyUsage::KeyEncipherment => KeyUsagePurpose::KeyEncipherment,
+            pki_policy::KeyUsage::DataEncipherment => KeyUsagePurpose::DataEncipherment,
+            pki_policy::KeyUsage::KeyAgreement => KeyUsagePurpose::KeyAgreement,
         })
         .collect();
     params.extended_key_usages = req
@@ -180,6 +191,8 @@ pub fn issue_leaf(req: &LeafRequest<'_>) -> Result<IssuedLeaf, IssueError> {
         .iter()
         .map(|eku| match eku {
             pki_policy::ExtKeyUsage::ClientAuth => ExtendedKeyUsagePurpose::ClientAuth,
+            pki_policy::ExtKeyUsage::ServerAuth => ExtendedKeyUsagePurpose::ServerAuth,
+            pki_policy::ExtKeyUsage::EmailProtection => ExtendedKeyUsagePurpose::EmailProtection,
         })
         .collect();
     params.crl_distribution_points = vec![CrlDistributionPoint {
@@ -275,11 +288,13 @@ fn lint_leaf(
         return fail("validity extends beyond the issuer's".into());
     }
     // Subject: O and CN byte-identical, as UTF8String.
-    let check_attr = |oid: &der_parser_oid::Oid<'_>, want: &str, name: &str| {
+    let check_attr = |oid: &Oid<'_>, want: &str, name: &str| {
         let mut found = false;
         for attr in cert.subject().iter_attributes() {
             if attr.attr_type() == oid {
-                if attr.attr_value().header.tag() != x509_parser::der_parser::asn1_rs::Tag::Utf8String {
+                if attr.attr_value().header.tag()
+                    != x509_parser::der_parser::asn1_rs::Tag::Utf8String
+                {
                     return Err(IssueError::Lint(format!("{name} is not a UTF8String")));
                 }
                 if attr.attr_value().data != want.as_bytes() {
@@ -294,8 +309,16 @@ fn lint_leaf(
             Err(IssueError::Lint(format!("{name} missing")))
         }
     };
-    check_attr(&oid_registry::OID_X509_ORGANIZATION_NAME, &subject.organization, "O")?;
-    check_attr(&oid_registry::OID_X509_COMMON_NAME, &subject.common_name, "CN")?;
+    check_attr(
+        &oid_registry::OID_X509_ORGANIZATION_NAME,
+        &subject.organization,
+        "O",
+    )?;
+    check_attr(
+        &oid_registry::OID_X509_COMMON_NAME,
+        &subject.common_name,
+        "CN",
+    )?;
 
     let mut saw = (false, false, false, false, false, false);
     for ext in cert.extensions() {
@@ -307,16 +330,13 @@ fn lint_leaf(
                 saw.0 = true;
             }
             ParsedExtension::KeyUsage(ku) => {
-                let want_ds = req
-                    .profile
-                    .key_usage
-                    .contains(&pki_policy::KeyUsage::DigitalSignature);
-                let want_ke = req
-                    .profile
-                    .key_usage
-                    .contains(&pki_policy::KeyUsage::KeyEncipherment);
-                if ku.digital_signature() != want_ds
-                    || ku.key_encipherment() != want_ke
+                use pki_policy::KeyUsage as K;
+                let want = |k: K| req.profile.key_usage.contains(&k);
+                if ku.digital_signature() != want(K::DigitalSignature)
+                    || ku.non_repudiation() != want(K::ContentCommitment)
+                    || ku.key_encipherment() != want(K::KeyEncipherment)
+                    || ku.data_encipherment() != want(K::DataEncipherment)
+                    || ku.key_agreement() != want(K::KeyAgreement)
                     || ku.key_cert_sign()
                     || ku.crl_sign()
                 {
@@ -325,7 +345,13 @@ fn lint_leaf(
                 saw.1 = true;
             }
             ParsedExtension::ExtendedKeyUsage(eku) => {
-                if !eku.client_auth || eku.server_auth || eku.any {
+                use pki_policy::ExtKeyUsage as E;
+                let want = |e: E| req.profile.extended_key_usage.contains(&e);
+                if eku.client_auth != want(E::ClientAuth)
+                    || eku.server_auth != want(E::ServerAuth)
+                    || eku.email_protection != want(E::EmailProtection)
+                    || eku.any
+                {
                     return fail("extended key usage differs from the profile".into());
                 }
                 saw.2 = true;
@@ -352,9 +378,9 @@ fn lint_leaf(
                 saw.4 = true;
             }
             ParsedExtension::AuthorityInfoAccess(aia) => {
-                let ok = aia.accessdescs.iter().any(|d| {
-                    matches!(&d.access_location, GeneralName::URI(u) if *u == req.urls.ocsp)
-                });
+                let ok = aia.accessdescs.iter().any(
+                    |d| matches!(&d.access_location, GeneralName::URI(u) if *u == req.urls.ocsp),
+                );
                 if !ok {
                     return fail("AIA lacks the OCSP URL".into());
                 }
@@ -368,7 +394,8 @@ fn lint_leaf(
             "missing extension (basicConstraints, KU, EKU, SAN, CDP, AIA present: {saw:?})"
         ));
     }
-    if cert.get_extension_unique(&oid_registry::OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER)
+    if cert
+        .get_extension_unique(&oid_registry::OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER)
         .ok()
         .flatten()
         .is_none()

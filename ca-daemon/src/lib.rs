@@ -3,9 +3,20 @@
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod authority;
+pub mod cli;
+pub mod config;
 pub mod crl;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod issue;
 pub mod keys;
+pub mod logging;
+pub mod metrics;
 pub mod ocsp;
 pub mod pkcs12;
 pub mod pki;
+pub mod server;
 pub mod store;
+pub mod tickets;

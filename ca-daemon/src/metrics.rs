@@ -62,7 +62,11 @@ pub struct Metrics {
 fn build() -> Metrics {
     let mut registry = Registry::with_prefix("ca");
     let issuances = Counter::default();
-    registry.register("certificates_issued", "Certificates issued", issuances.clone());
+    registry.register(
+        "certificates_issued",
+        "Certificates issued",
+        issuances.clone(),
+    );
     let redemptions = Family::<Label, Counter>::default();
     registry.register(
         "redemptions",
@@ -70,13 +74,21 @@ fn build() -> Metrics {
         redemptions.clone(),
     );
     let tickets_created = Counter::default();
-    registry.register("tickets_created", "Tickets created", tickets_created.clone());
+    registry.register(
+        "tickets_created",
+        "Tickets created",
+        tickets_created.clone(),
+    );
     let revocations = Counter::default();
     registry.register("revocations", "Certificates revoked", revocations.clone());
     let ocsp = Family::<Label, Counter>::default();
     registry.register("ocsp_responses", "OCSP responses by status", ocsp.clone());
     let crl_number = Family::<IssuerLabel, Gauge>::default();
-    registry.register("crl_number", "Latest CRL number per issuer", crl_number.clone());
+    registry.register(
+        "crl_number",
+        "Latest CRL number per issuer",
+        crl_number.clone(),
+    );
     let crl_this_update = Family::<IssuerLabel, Gauge>::default();
     registry.register(
         "crl_this_update_seconds",

@@ -67,6 +67,9 @@ pub const DEFAULT_ISSUER_VALIDITY_DAYS: u32 = 1826;
 pub const DEFAULT_OCSP_VALIDITY_DAYS: u32 = 30;
 /// Default validity of the gRPC server and service client certificates.
 pub const DEFAULT_SERVICE_VALIDITY_DAYS: u32 = 825;
+/// Validity (nextUpdate - thisUpdate) of the root's CRL. The root key is kept offline, so the
+/// CRL is long-lived and must be refreshed ([`refresh_root_crl`]) before it runs out.
+pub const ROOT_CRL_VALIDITY_DAYS: u32 = 365;
 
 /// Seal label of the root CA key.
 pub const ROOT_KEY_LABEL: &str = "root-ca";
@@ -247,6 +250,10 @@ impl Layout {
     pub fn keys_dir(&self) -> &Path {
         &self.keys_dir
     }
+    /// Whether a PKI exists here (`keys/` is present; `init` creates it last, atomically).
+    pub fn is_initialized(&self) -> bool {
+        self.keys_dir.is_dir()
+    }
     /// `keys/pki.toml`: URL base, issuer ids, KDF parameters.
     pub fn metadata(&self) -> PathBuf {
         self.keys_dir.join("pki.toml")
@@ -258,6 +265,11 @@ impl Layout {
     /// `keys/root-ca.key.sealed` (may be moved offline; needed only to rotate issuers).
     pub fn root_key(&self) -> PathBuf {
         self.keys_dir.join("root-ca.key.sealed")
+    }
+    /// `keys/root.crl` (DER): the root's CRL covering the issuers, signed whenever the root key
+    /// is unsealed (init, rotation, [`refresh_root_crl`]); served at `/crl/root.crl`.
+    pub fn root_crl(&self) -> PathBuf {
+        self.keys_dir.join("root.crl")
     }
     /// `keys/issuers`.
     pub fn issuers_dir(&self) -> PathBuf {
@@ -357,6 +369,14 @@ pub fn dev_passphrase_path(data_dir: &Path) -> PathBuf {
 /// URL of an issuer's CRL: `{url_base}/crl/<issuer_id>.crl`.
 pub fn issuer_crl_url(url_base: &str, issuer_id: &str) -> String {
     format!("{url_base}/crl/{issuer_id}.crl")
+}
+/// Same as [`issuer_crl_url`]: the CRL DP of end-entity certificates of `issuer_id`.
+pub fn crl_url(url_base: &str, issuer_id: &str) -> String {
+    issuer_crl_url(url_base, issuer_id)
+}
+/// Same as [`issuer_cert_url`]: the AIA caIssuers URL of end-entity certificates.
+pub fn ca_issuers_url(url_base: &str, issuer_id: &str) -> String {
+    issuer_cert_url(url_base, issuer_id)
 }
 /// URL of the root's CRL (covering the issuers): `{url_base}/crl/root.crl`.
 pub fn root_crl_url(url_base: &str) -> String {
@@ -532,6 +552,9 @@ pub struct PkiMetadata {
     pub seal_kdf: KdfParams,
     /// Whether this is a dev PKI.
     pub dev: bool,
+    /// CRL number of the last root CRL (`keys/root.crl`); only ever increases.
+    #[serde(default)]
+    pub root_crl_number: u64,
 }
 
 impl PkiMetadata {
@@ -614,6 +637,8 @@ pub struct LoadedPki {
     pub url_base: String,
     /// Device root certificate (DER).
     pub root_cert_der: Vec<u8>,
+    /// The root's CRL (DER) as last signed, served at `/crl/root.crl`.
+    pub root_crl_der: Vec<u8>,
     /// All issuers, oldest first.
     pub issuers: Vec<LoadedIssuer>,
     /// Id of the active issuer.
@@ -881,6 +906,39 @@ fn new_issuer(
         issuer,
         responder,
     })
+}
+
+/// Signs the root's CRL (no revoked issuers yet; revoking an issuer is a later feature) with
+/// an issuing distribution point equal to the issuers' CRL DP (rustls/webpki require that) and
+/// scope "CA certificates only".
+fn sign_root_crl(
+    root_der: &[u8],
+    root_key: &KeyPair,
+    url_base: &str,
+    number: u64,
+) -> Result<Vec<u8>, PkiError> {
+    let (_, root_not_after) = cert_validity(root_der, Path::new("root-ca.crt"))?;
+    let root = Issuer::from_ca_cert_der(&CertificateDer::from(root_der), root_key)
+        .map_err(cert_err("device root CA"))?;
+    let (this_update, next_update) = validity(
+        ROOT_CRL_VALIDITY_DAYS,
+        Some(("device root CA", root_not_after)),
+    )?;
+    let params = rcgen::CertificateRevocationListParams {
+        this_update,
+        next_update,
+        crl_number: rcgen::SerialNumber::from_slice(&number.to_be_bytes()),
+        issuing_distribution_point: Some(rcgen::CrlIssuingDistributionPoint {
+            distribution_point: CrlDistributionPoint {
+                uris: vec![root_crl_url(url_base)],
+            },
+            scope: Some(rcgen::CrlScope::CaCertsOnly),
+        }),
+        revoked_certs: Vec::new(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(&root).map_err(cert_err("root CRL"))?;
+    Ok(crl.der().to_vec())
 }
 
 fn new_responder(
@@ -1172,6 +1230,14 @@ fn build_pki(
         kdf,
         Overwrite::Refuse,
     )?;
+    let root_crl = sign_root_crl(&root.der, &root.key.key_pair, url_base, 1)?;
+    fsutil::write_atomic(
+        &staging.root_crl(),
+        &root_crl,
+        PUBLIC_FILE_MODE,
+        Overwrite::Refuse,
+    )
+    .map_err(io_err(&staging.root_crl()))?;
     let issuer = new_issuer(
         &root.der,
         &root.key.key_pair,
@@ -1255,6 +1321,7 @@ fn build_pki(
         issuers: vec![issuer.id.clone()],
         seal_kdf: kdf,
         dev: opts.dev,
+        root_crl_number: 1,
     }
     .write(staging, Overwrite::Refuse)?;
 
@@ -1344,7 +1411,7 @@ fn build_pki(
 // Loading
 
 fn require_initialized(layout: &Layout) -> Result<(), PkiError> {
-    if !layout.keys_dir().is_dir() {
+    if !layout.is_initialized() {
         return Err(PkiError::NotInitialized {
             path: layout.keys_dir().to_path_buf(),
         });
@@ -1444,6 +1511,7 @@ pub fn load(data_dir: &Path, passphrase: &Passphrase) -> Result<LoadedPki, PkiEr
             ),
         });
     }
+    let root_crl_der = std::fs::read(layout.root_crl()).map_err(io_err(&layout.root_crl()))?;
     let mut issuers = Vec::with_capacity(meta.issuers.len());
     for id in &meta.issuers {
         validate_issuer_id(id, &meta_path)?;
@@ -1489,6 +1557,7 @@ pub fn load(data_dir: &Path, passphrase: &Passphrase) -> Result<LoadedPki, PkiEr
     Ok(LoadedPki {
         url_base: meta.url_base,
         root_cert_der,
+        root_crl_der,
         issuers,
         active_issuer_id,
         service_ca_der,
@@ -1543,11 +1612,22 @@ pub fn rotate_issuer(
             &meta.url_base,
             issuer_validity_days,
             ocsp_validity_days,
-        );
+        )
+        .and_then(|new| {
+            // The root key is out anyway: refresh the root CRL with it.
+            let crl = sign_root_crl(
+                &root_der,
+                &root_key,
+                &meta.url_base,
+                meta.root_crl_number + 1,
+            )?;
+            Ok((new, crl))
+        });
         drop(root_key);
         drop(root_pkcs8);
         new?
     };
+    let (new, root_crl) = new;
     let final_dir = layout.issuer_dir(&new.id);
     if std::fs::symlink_metadata(&final_dir).is_ok() || meta.issuers.contains(&new.id) {
         return Err(PkiError::IssuerExists { id: new.id });
@@ -1568,7 +1648,16 @@ pub fn rotate_issuer(
         return Err(e);
     }
     meta.issuers.push(new.id.clone());
+    meta.root_crl_number += 1;
+    // The number is recorded before the CRL is published, so it never goes backwards.
     meta.write(&layout, Overwrite::Replace)?;
+    fsutil::write_atomic(
+        &layout.root_crl(),
+        &root_crl,
+        PUBLIC_FILE_MODE,
+        Overwrite::Replace,
+    )
+    .map_err(io_err(&layout.root_crl()))?;
     write_public(
         &layout.active_issuer(),
         &format!("{}\n", new.id),
@@ -1576,6 +1665,42 @@ pub fn rotate_issuer(
     )?;
     tracing::info!(issuer_id = %new.id, "issuer rotated; new issuer is active");
     Ok(new.id)
+}
+
+/// Re-signs the root's CRL (`keys/root.crl`) with a new CRL number and a fresh nextUpdate
+/// ([`ROOT_CRL_VALIDITY_DAYS`]). The root key is unsealed only for this. Returns the new CRL
+/// number. Run it (in a key ceremony if the root key is offline) before the CRL runs out.
+pub fn refresh_root_crl(data_dir: &Path, root_passphrase: &Passphrase) -> Result<u64, PkiError> {
+    let layout = Layout::new(data_dir);
+    require_initialized(&layout)?;
+    let mut meta = PkiMetadata::read(&layout)?;
+    let root_der = read_cert_pem(&layout.root_cert())?;
+    let number = meta.root_crl_number + 1;
+    let crl = {
+        let (root_pkcs8, root_key) =
+            unseal_key(&layout.root_key(), root_passphrase, ROOT_KEY_LABEL)?;
+        check_key_matches(
+            &root_key,
+            &root_der,
+            &layout.root_key(),
+            &layout.root_cert(),
+        )?;
+        let crl = sign_root_crl(&root_der, &root_key, &meta.url_base, number);
+        drop(root_key);
+        drop(root_pkcs8);
+        crl?
+    };
+    meta.root_crl_number = number;
+    meta.write(&layout, Overwrite::Replace)?;
+    fsutil::write_atomic(
+        &layout.root_crl(),
+        &crl,
+        PUBLIC_FILE_MODE,
+        Overwrite::Replace,
+    )
+    .map_err(io_err(&layout.root_crl()))?;
+    tracing::info!(crl_number = number, "root CRL re-signed");
+    Ok(number)
 }
 
 /// A freshly renewed OCSP responder.
@@ -1720,6 +1845,16 @@ mod tests {
         let active = pki.active_issuer().ok_or("no active issuer")?;
         let days = (active.not_after - active.not_before).whole_days();
         assert_eq!(days, 365);
+
+        assert_eq!(PkiMetadata::read(&layout)?.root_crl_number, 2);
+        assert_eq!(refresh_root_crl(dir.path(), &pass("root-pass"))?, 3);
+        assert!(refresh_root_crl(dir.path(), &pass("daemon-pass")).is_err());
+        let crl_der = std::fs::read(layout.root_crl())?;
+        let (_, crl) = x509_parser::parse_x509_crl(&crl_der)?;
+        assert_eq!(
+            crl.crl_number().map(|n| n.to_string()).as_deref(),
+            Some("3")
+        );
 
         let renewed = renew_responder(dir.path(), &report.issuer_id, &o.passphrase, 3)?;
         assert!(renewed.not_after < old_responder_after);

@@ -149,9 +149,9 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             .await
             .map_err(|e| ServeError::Startup(e.to_string()))??;
     }
-    let passphrase =
-        resolve_passphrase(&opts.data_dir, opts.passphrase_file.as_deref(), opts.dev)?;
+    let passphrase = resolve_passphrase(&opts.data_dir, opts.passphrase_file.as_deref(), opts.dev)?;
     let dir = opts.data_dir.clone();
+    let passphrase = Arc::new(passphrase);
     let pass = passphrase.clone();
     let pki = tokio::task::spawn_blocking(move || crate::pki::load(&dir, &pass))
         .await
@@ -172,9 +172,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             .map_err(|e| ServeError::Startup(e.to_string()))?
             .map_err(|e| ServeError::Store(e.to_string()))?,
     );
-    let (authority, crl_rx) =
-        Authority::new(pki, store, policy.clone(), opts.data_dir.clone())
-            .map_err(|e| ServeError::Startup(e.to_string()))?;
+    let (authority, crl_rx) = Authority::new(pki, store, policy.clone(), opts.data_dir.clone())
+        .map_err(|e| ServeError::Startup(e.to_string()))?;
     authority.scheduled_maintenance().await;
     tokio::spawn(authority.clone().run_crl_publisher(crl_rx));
 

@@ -183,7 +183,10 @@ impl Daemon {
             cmd.arg("--metrics-listen").arg(m.to_string());
         }
         cmd.args(&self.extra_args)
-            .env("RUST_LOG", std::env::var("CA_DAEMON_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("CA_DAEMON_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2));
@@ -205,13 +208,18 @@ impl Daemon {
                 }
             }
             let http_ok = http_get(self.http, "/healthz").is_ok_and(|(code, _)| code == 200);
-            let grpc_ok = std::net::TcpStream::connect_timeout(&self.grpc, Duration::from_millis(200)).is_ok();
+            let grpc_ok =
+                std::net::TcpStream::connect_timeout(&self.grpc, Duration::from_millis(200))
+                    .is_ok();
             if http_ok && grpc_ok {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Err(HarnessError::NotReady(format!("timeout; log:\n{}", self.log())))
+        Err(HarnessError::NotReady(format!(
+            "timeout; log:\n{}",
+            self.log()
+        )))
     }
 
     /// The daemon's log so far.
@@ -301,7 +309,9 @@ impl Daemon {
         &self,
         role: &str,
     ) -> Result<v1::enrollment_client::EnrollmentClient<Channel>, HarnessError> {
-        Ok(v1::enrollment_client::EnrollmentClient::new(self.channel(role).await?))
+        Ok(v1::enrollment_client::EnrollmentClient::new(
+            self.channel(role).await?,
+        ))
     }
 
     /// Certificates client as `role`.
@@ -309,10 +319,10 @@ impl Daemon {
         &self,
         role: &str,
     ) -> Result<v1::certificates_client::CertificatesClient<Channel>, HarnessError> {
-        Ok(v1::certificates_client::CertificatesClient::new(
-            self.channel(role).await?,
+        Ok(
+            v1::certificates_client::CertificatesClient::new(self.channel(role).await?)
+                .max_decoding_message_size(64 << 20),
         )
-        .max_decoding_message_size(64 << 20))
     }
 
     /// Revocation client as `role`.
@@ -320,8 +330,10 @@ impl Daemon {
         &self,
         role: &str,
     ) -> Result<v1::revocation_client::RevocationClient<Channel>, HarnessError> {
-        Ok(v1::revocation_client::RevocationClient::new(self.channel(role).await?)
-            .max_decoding_message_size(256 << 20))
+        Ok(
+            v1::revocation_client::RevocationClient::new(self.channel(role).await?)
+                .max_decoding_message_size(256 << 20),
+        )
     }
 
     /// Admin client as `role`.
@@ -329,8 +341,10 @@ impl Daemon {
         &self,
         role: &str,
     ) -> Result<v1::admin_client::AdminClient<Channel>, HarnessError> {
-        Ok(v1::admin_client::AdminClient::new(self.channel(role).await?)
-            .max_decoding_message_size(1 << 30))
+        Ok(
+            v1::admin_client::AdminClient::new(self.channel(role).await?)
+                .max_decoding_message_size(1 << 30),
+        )
     }
 
     /// Runs the CLI against this daemon (with the ops certificate); returns (status, stdout, stderr).
@@ -391,7 +405,10 @@ pub fn http_request(
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other("no status"))?;
     let mut body = buf[split + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body);
     }
     Ok((code, body))
@@ -403,7 +420,8 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         let Some(pos) = b.windows(2).position(|w| w == b"\r\n") else {
             return out;
         };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..pos]).trim(), 16).unwrap_or(0);
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..pos]).trim(), 16).unwrap_or(0);
         if size == 0 || b.len() < pos + 2 + size {
             return out;
         }

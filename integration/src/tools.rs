@@ -41,17 +41,27 @@ pub fn text(o: &Output) -> String {
 }
 
 /// The pkilint findings allowed for a private PKI (DESIGN §4), by exact code.
-pub const ALLOWED_PKILINT: [&str; 2] = ["pkix.invalid_uri_syntax", "pkix.invalid_domain_name_syntax"];
+pub const ALLOWED_PKILINT: [&str; 2] =
+    ["pkix.invalid_uri_syntax", "pkix.invalid_domain_name_syntax"];
 
 /// Runs a pkilint linter (`lint_pkix_cert lint`, `lint_crl lint -t CRL -p PKIX`, ...) at
 /// WARNING and returns the findings that are not allowed (empty = clean).
 pub fn pkilint(tool: &str, extra: &[&str], file: &Path) -> Vec<String> {
     let mut cmd = Command::new(venv_bin(tool));
-    cmd.arg("lint").args(extra).arg("-s").arg("WARNING").arg(file);
+    cmd.arg("lint")
+        .args(extra)
+        .arg("-s")
+        .arg("WARNING")
+        .arg(file);
     let out = run(&mut cmd);
     let t = text(&out);
     t.lines()
-        .filter(|l| l.contains("(WARNING)") || l.contains("(ERROR)") || l.contains("(FATAL)") || l.contains("Traceback"))
+        .filter(|l| {
+            l.contains("(WARNING)")
+                || l.contains("(ERROR)")
+                || l.contains("(FATAL)")
+                || l.contains("Traceback")
+        })
         .filter(|l| !ALLOWED_PKILINT.iter().any(|a| l.contains(a)))
         .map(str::to_string)
         .collect()

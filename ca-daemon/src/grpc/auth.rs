@@ -130,9 +130,9 @@ where
         };
         match verdict {
             Ok(()) => futures::future::Either::Right(self.inner.call(req)),
-            Err(status) => futures::future::Either::Left(futures::future::ready(Ok(
-                status.into_http(),
-            ))),
+            Err(status) => {
+                futures::future::Either::Left(futures::future::ready(Ok(status.into_http())))
+            }
         }
     }
 }

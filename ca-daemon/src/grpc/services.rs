@@ -155,8 +155,8 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
         &self,
         request: Request<v1::GetTicketRequest>,
     ) -> Result<Response<v1::Ticket>, Status> {
-        let number = convert::parse_ticket_number(&request.get_ref().number)
-            .map_err(CaError::from)?;
+        let number =
+            convert::parse_ticket_number(&request.get_ref().number).map_err(CaError::from)?;
         let t = self.authority.get_ticket(&number).await?;
         Ok(Response::new(ticket_msg(&t)))
     }
@@ -166,8 +166,8 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
         request: Request<v1::CancelTicketRequest>,
     ) -> Result<Response<v1::Ticket>, Status> {
         let who = caller(&request)?;
-        let number = convert::parse_ticket_number(&request.get_ref().number)
-            .map_err(CaError::from)?;
+        let number =
+            convert::parse_ticket_number(&request.get_ref().number).map_err(CaError::from)?;
         let t = self.authority.cancel_ticket(&who, &number).await?;
         Ok(Response::new(ticket_msg(&t)))
     }
@@ -209,7 +209,9 @@ impl v1::certificates_server::Certificates for CertificatesService {
             Ok(v1::CertificateState::Revoked) => Some(true),
             Ok(v1::CertificateState::Valid) | Ok(v1::CertificateState::Expired) => Some(false),
             Err(_) => {
-                return Err(CaError::invalid("status", format!("unknown value {}", r.status)).into());
+                return Err(
+                    CaError::invalid("status", format!("unknown value {}", r.status)).into(),
+                );
             }
         };
         let filter = CertFilter {
@@ -249,6 +251,7 @@ impl v1::certificates_server::Certificates for CertificatesService {
             convert::RevokeTarget::Device(d) => RevokeTarget::Device(d),
             convert::RevokeTarget::Person(p) => RevokeTarget::Person(p),
             convert::RevokeTarget::Facility(f) => RevokeTarget::Facility(f),
+            _ => return Err(CaError::invalid("target", "unsupported revocation target").into()),
         };
         let certs = self
             .authority
@@ -293,9 +296,12 @@ impl v1::revocation_server::Revocation for RevocationService {
         &self,
         request: Request<v1::WatchCrlRequest>,
     ) -> Result<Response<Self::WatchCrlStream>, Status> {
-        let rx = self.authority.watch_crl(&request.get_ref().issuer_id).await?;
-        let stream = tokio_stream::wrappers::WatchStream::new(rx)
-            .filter_map(|c| c.map(|c| Ok(crl_msg(&c))));
+        let rx = self
+            .authority
+            .watch_crl(&request.get_ref().issuer_id)
+            .await?;
+        let stream =
+            tokio_stream::wrappers::WatchStream::new(rx).filter_map(|c| c.map(|c| Ok(crl_msg(&c))));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -341,7 +347,7 @@ pub struct AdminService {
     /// The authority.
     pub authority: Arc<Authority>,
     /// Passphrase of the sealed keys, to reload issuers after a rotation.
-    pub passphrase: crate::keys::Passphrase,
+    pub passphrase: Arc<crate::keys::Passphrase>,
 }
 
 fn issuer_state(s: IssuerState) -> v1::IssuerState {
@@ -398,7 +404,10 @@ impl v1::admin_server::Admin for AdminService {
                 if v.record.state == IssuerState::Retired {
                     continue;
                 }
-                let crl = self.authority.publish_crl(&v.record.id, &who.actor()).await?;
+                let crl = self
+                    .authority
+                    .publish_crl(&v.record.id, &who.actor())
+                    .await?;
                 if v.record.state == IssuerState::Active {
                     active = Some(crl);
                 }
@@ -453,10 +462,7 @@ impl v1::admin_server::Admin for AdminService {
         let mut crls = Vec::new();
         let now = OffsetDateTime::now_utc();
         for i in &issuers {
-            let (t, r, _) = self
-                .authority
-                .certificate_counts(&i.id)
-                .await?;
+            let (t, r, _) = self.authority.certificate_counts(&i.id).await?;
             total += t;
             revoked += r;
             if let Some(c) = self.authority.latest_crl(&i.id).await? {

@@ -12,6 +12,8 @@
 pub mod fsutil;
 pub mod sealed;
 
+pub use sealed::{KdfParams, SealError};
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 

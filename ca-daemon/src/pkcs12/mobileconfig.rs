@@ -58,6 +58,13 @@ pub struct MobileconfigInput<'a> {
 
 /// Builds the `.mobileconfig` (UTF-8 XML property list) for one certificate.
 ///
+/// `PayloadType` `Configuration`, titled `電子@連絡帳 端末証明書 (<display_name>)`, holding a
+/// `com.apple.security.pkcs12` payload (the PFX, **no** `Password` key: the device asks for the
+/// ticket password on install) and a `com.apple.security.root` payload (the root CA). Payload
+/// UUIDs are UUID v5 of the serial and identifiers are
+/// `<PAYLOAD_IDENTIFIER_PREFIX>.<serial>[.pkcs12|.root]`, so they are stable per certificate. The
+/// profile is unsigned.
+///
 /// # Errors
 ///
 /// [`Pkcs12Error::InvalidMobileconfigInput`] when a field is empty, too long, contains a

@@ -57,7 +57,7 @@
 //! a few strings, one integer, two `<data>` blobs and a boolean, so escaping five characters and
 //! rejecting the characters XML 1.0 forbids is all it needs). It is **unsigned**: iOS and macOS
 //! show it as "not verified" but install it; signing would need an Apple-trusted or MDM key,
-//! which this daemon does not hold. See [`mobileconfig`] for the payloads.
+//! which this daemon does not hold. See [`build_mobileconfig`] for the payloads.
 
 mod mobileconfig;
 mod pfx;

@@ -216,7 +216,7 @@ pub fn build_pfx(
         mac = ?profile.mac,
         iterations,
         certificates = cert_bags.len(),
-        leaf_subject = %leaf.tbs_certificate.subject,
+        serial = %hex::encode(leaf.tbs_certificate.serial_number.as_bytes()),
         bytes = out.len(),
         "PKCS#12 bundle built"
     );

@@ -105,6 +105,14 @@ struct Inner {
     path: PathBuf,
 }
 
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The view of every tree inside one transaction.
 struct Tx<'a>(&'a [TransactionalTree]);
 
@@ -157,6 +165,10 @@ impl SledStore {
             return Err(StoreError::TargetExists {
                 path: into.to_owned(),
             });
+        }
+        // Opening a missing directory would create an empty store and "restore" nothing.
+        if !backup.join("conf").is_file() || !backup.join("db").is_file() {
+            return Err(not_found("backup", &backup.display().to_string()));
         }
         let source = Self::open(backup)?;
         let verification = source.verify_audit()?;
@@ -764,8 +776,9 @@ impl Store for SledStore {
                 let (k, v) = kv?;
                 batch.insert(k, v);
                 n += 1;
-                if n % COPY_BATCH == 0 {
+                if n == COPY_BATCH {
                     to.apply_batch(std::mem::take(&mut batch))?;
+                    n = 0;
                 }
             }
             to.apply_batch(batch)?;
@@ -1056,7 +1069,7 @@ mod tests {
         });
         let flushes = coordinator.flushes.load(Ordering::Relaxed);
         assert!(
-            flushes < WRITERS / 4,
+            flushes < WRITERS / 2,
             "{flushes} flushes for {WRITERS} writers"
         );
         assert!(flushes >= 1);
@@ -1530,6 +1543,12 @@ mod tests {
             s.backup_to(&backup),
             Err(StoreError::TargetExists { .. })
         ));
+        let missing = SledStore::restore_from(&dir.path().join("typo"), &dir.path().join("r2"));
+        assert!(
+            matches!(missing, Err(StoreError::NotFound { kind: "backup", .. })),
+            "{missing:?}"
+        );
+        assert!(!dir.path().join("typo").exists() && !dir.path().join("r2").exists());
         // The live store goes on; the backup does not see later writes.
         s.append_audit(ev("after", "backup")).expect("append");
 
