@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 use crate::crl::{self, CrlParams, RevokedEntry};
 use crate::error::CaError;
 use crate::issue::{self, CertUrls, LeafRequest};
+use crate::metrics;
 use crate::ocsp::{CertStatus, OcspResponder, ResponderIssuer, StatusLookup};
 use crate::pkcs12::{self, BundleInput, MobileconfigInput};
 use crate::pki::{self, LoadedIssuer, LoadedPki};
@@ -412,6 +413,7 @@ impl Authority {
             .await?;
             match result {
                 Ok(()) => {
+                    metrics::metrics().tickets_created.inc();
                     tracing::info!(ticket = %number, facility = %record.enrollee.facility.id,
                         person = %record.enrollee.person.id, "ticket created");
                     return Ok((record, password));
@@ -477,6 +479,29 @@ impl Authority {
     /// Redeems a ticket once: key, certificate, PKCS#12 (and .mobileconfig), durably recorded
     /// before this returns.
     pub async fn redeem_ticket(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: Redemption,
+    ) -> Result<Bundle, CaError> {
+        let result = self.redeem_inner(caller, req).await;
+        let m = metrics::metrics();
+        let outcome = match &result {
+            Ok(_) => {
+                m.issuances.inc();
+                "ok"
+            }
+            Err(CaError::BadTicketCredentials) => "bad_credentials",
+            Err(CaError::TicketNotRedeemable { .. }) => "not_redeemable",
+            Err(CaError::RedemptionInProgress) => "in_progress",
+            Err(CaError::InvalidArgument { .. }) => "invalid_argument",
+            Err(CaError::ResourceExhausted(_)) => "rate_limited",
+            Err(_) => "error",
+        };
+        metrics::inc(&m.redemptions, outcome);
+        result
+    }
+
+    async fn redeem_inner(
         self: &Arc<Self>,
         caller: &Caller,
         req: Redemption,
@@ -758,10 +783,8 @@ impl Authority {
         invalidity_date: Option<OffsetDateTime>,
     ) -> Result<Vec<CertRecord>, CaError> {
         let now = OffsetDateTime::now_utc();
-        if let Some(d) = invalidity_date {
-            if d > now {
-                return Err(CaError::invalid("invalidity_date", "lies in the future"));
-            }
+        if invalidity_date.is_some_and(|d| d > now) {
+            return Err(CaError::invalid("invalidity_date", "lies in the future"));
         }
         let revocation = Revocation {
             revoked_at: now.replace_nanosecond(0).unwrap_or(now),
@@ -800,6 +823,7 @@ impl Authority {
         for d in dirty {
             let _ = self.crl_dirty.send(d);
         }
+        metrics::metrics().revocations.inc_by(certs.len() as u64);
         tracing::info!(count = certs.len(), reason = %reason, "revoked");
         Ok(certs)
     }
@@ -969,6 +993,16 @@ impl Authority {
         .await?;
         tracing::info!(issuer = %record.issuer_id, number = record.number,
             elapsed_ms = started.elapsed().as_millis() as u64, "CRL published");
+        let label = metrics::IssuerLabel {
+            issuer: record.issuer_id.clone(),
+        };
+        let m = metrics::metrics();
+        m.crl_number
+            .get_or_create(&label)
+            .set(i64::try_from(record.number).unwrap_or(i64::MAX));
+        m.crl_this_update
+            .get_or_create(&label)
+            .set(record.this_update.unix_timestamp());
         let record = Arc::new(record);
         self.crl_sender(&id).send_replace(Some(record.clone()));
         Ok(record)
@@ -1039,11 +1073,23 @@ impl Authority {
     }
 
     /// Answers a DER OCSP request with a DER OCSP response (never fails: errors are OCSP
-    /// error responses).
-    pub fn ocsp(&self, request_der: &[u8]) -> Vec<u8> {
+    /// error responses), plus the times an HTTP cache needs.
+    pub fn ocsp(&self, request_der: &[u8]) -> crate::ocsp::OcspAnswer {
         let lookup = StoreLookup(self.store.clone());
-        self.ocsp
-            .respond(request_der, OffsetDateTime::now_utc(), &lookup)
+        let answer = self
+            .ocsp
+            .answer(request_der, OffsetDateTime::now_utc(), &lookup);
+        let label = match (answer.produced_at.is_some(), answer.from_cache) {
+            (true, true) => "successful_cached",
+            (true, false) => "successful_signed",
+            (false, _) => match answer.der.get(4) {
+                Some(1) => "malformed_request",
+                Some(6) => "unauthorized",
+                _ => "internal_error",
+            },
+        };
+        metrics::inc(&metrics::metrics().ocsp, label);
+        answer
     }
 
     // ----------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ pub enum Command {
     #[command(
         after_help = "Example:\n  ca-daemon serve --dev\n  ca-daemon serve --config /etc/ca-daemon/ca-daemon.toml"
     )]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create a new PKI (root, first issuer, OCSP responder, service CA, server and client certificates, pepper).
     #[command(
         after_help = "Example:\n  ca-daemon init --data-dir /var/lib/ca-daemon --passphrase-file /etc/ca-daemon/passphrase --url-base http://pki.internal\n  ca-daemon init --dev --data-dir ./var"
@@ -156,7 +156,7 @@ pub enum TicketCommand {
     #[command(
         after_help = "Example:\n  ca-daemon ticket create --facility-id F001 --facility-name 'みよし訪問看護ステーション' \\\n    --person-id P001 --family-name 山田 --given-name 花子 --job 看護師 --email hanako@example.jp \\\n    --device-id D001 --os ios"
     )]
-    Create(TicketCreateArgs),
+    Create(Box<TicketCreateArgs>),
     /// Redeem a ticket and write the bundle files.
     #[command(
         after_help = "Example:\n  ca-daemon ticket redeem --number 12345678 --password-file pw.txt --os ios --out ./bundle"
@@ -486,7 +486,7 @@ fn pem_cert(der: &[u8]) -> String {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Serve(a) => serve(a).await,
+        Command::Serve(a) => serve(*a).await,
         Command::Init(a) => init(a).await,
         Command::Ticket(t) => ticket(t).await,
         Command::Revoke(a) => revoke(a).await,
@@ -696,11 +696,8 @@ async fn init(a: InitArgs) -> Result<(), CliError> {
             })?;
             let passphrase =
                 crate::keys::Passphrase::from_file(pf).map_err(|e| CliError::new(e.to_string()))?;
-            let mut o = crate::pki::InitOptions::dev(&a.data_dir, &a.url_base)
-                .map_err(|e| CliError::new(e.to_string()))?;
-            o.passphrase = passphrase;
+            let mut o = crate::pki::InitOptions::new(&a.data_dir, passphrase, &a.url_base);
             o.dev = a.dev;
-            o.kdf = crate::keys::KdfParams::production();
             o
         };
         if let Some(rp) = &a.root_passphrase_file {
@@ -744,6 +741,7 @@ async fn init(a: InitArgs) -> Result<(), CliError> {
 async fn ticket(t: TicketCommand) -> Result<(), CliError> {
     match t {
         TicketCommand::Create(a) => {
+            let a = *a;
             let os = target_os(&a.os)?;
             let mut c = v1::enrollment_client::EnrollmentClient::new(connect(&a.client).await?);
             let r = c

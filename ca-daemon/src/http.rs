@@ -104,29 +104,38 @@ async fn crl(State(a): State<Arc<Authority>>, Path(file): Path<String>) -> Respo
     }
 }
 
-fn ocsp_response(der: Vec<u8>, cacheable: bool) -> Response {
+/// RFC 5019 §6.2 caching headers for a successful response; `no-store` otherwise (error
+/// responses and nonce-bearing POSTs are not worth caching).
+fn ocsp_response(answer: crate::ocsp::OcspAnswer, cacheable: bool) -> Response {
     let mut h = HeaderMap::new();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/ocsp-response"),
     );
-    if cacheable {
-        h.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("public, max-age=300"),
-        );
-    } else {
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    }
-    (h, der).into_response()
-}
-
-async fn ocsp_post(State(a): State<Arc<Authority>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        if ct.as_bytes() != b"application/ocsp-request" {
-            tracing::debug!("OCSP POST with content type {:?}", ct);
+    match (cacheable, answer.produced_at, answer.next_update) {
+        (true, Some(produced), Some(next)) => {
+            let now = OffsetDateTime::now_utc();
+            let max_age = (next - now).whole_seconds().max(0);
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "max-age={max_age}, public, no-transform, must-revalidate"
+            )) {
+                h.insert(header::CACHE_CONTROL, v);
+            }
+            if let Some(v) = http_date(produced) {
+                h.insert(header::LAST_MODIFIED, v);
+            }
+            if let Some(v) = http_date(next) {
+                h.insert(header::EXPIRES, v);
+            }
+        }
+        _ => {
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         }
     }
+    (h, Bytes::from(answer.der.to_vec())).into_response()
+}
+
+async fn ocsp_post(State(a): State<Arc<Authority>>, body: Bytes) -> Response {
     ocsp_response(a.ocsp(&body), false)
 }
 

@@ -29,7 +29,9 @@
 //! Requests with a nonce or several certificates are signed fresh and not cached.
 //! `unknown` answers are cached up to [`MAX_CACHED_UNKNOWN`] entries so random serials cannot
 //! grow the cache without bound. Races between a lookup and a concurrent status change are
-//! settled with a generation counter: a miss that started before an invalidation does not
+//! settled under the shard lock with two counters: a miss or a `presign` that started before
+//! an invalidation does not cache its (possibly stale) answer, and of two answers for the same
+//! certificate the one whose status was read later wins.
 //! cache its (possibly stale) answer.
 //!
 //! # Serials
@@ -77,7 +79,8 @@ pub const MAX_CERTS_PER_REQUEST: usize = 16;
 /// Most `unknown` responses kept in the cache.
 pub const MAX_CACHED_UNKNOWN: usize = 65_536;
 /// Longest RFC 5019 GET path accepted by [`decode_get_path`] (characters).
-pub const MAX_GET_PATH_LEN: usize = 4 * MAX_REQUEST_LEN / 3 * 3;
+/// (The base64 of a [`MAX_REQUEST_LEN`] request with every character percent-encoded.)
+pub const MAX_GET_PATH_LEN: usize = 3 * 4 * MAX_REQUEST_LEN.div_ceil(3);
 /// Number of cache shards.
 const SHARDS: usize = 32;
 

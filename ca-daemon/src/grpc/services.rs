@@ -335,8 +335,10 @@ impl v1::revocation_server::Revocation for RevocationService {
         &self,
         request: Request<v1::OcspRequest>,
     ) -> Result<Response<v1::OcspResponse>, Status> {
-        let der = self.authority.ocsp(&request.get_ref().der);
-        Ok(Response::new(v1::OcspResponse { der }))
+        let answer = self.authority.ocsp(&request.get_ref().der);
+        Ok(Response::new(v1::OcspResponse {
+            der: answer.der.to_vec(),
+        }))
     }
 }
 
