@@ -131,6 +131,8 @@ pub struct Authority {
     cpu: Semaphore,
     redeeming: Mutex<HashSet<String>>,
     data_dir: PathBuf,
+    passphrase: Arc<crate::keys::Passphrase>,
+    limits: Arc<crate::limits::RateLimits>,
 }
 
 /// Runs blocking (store or CPU) work off the reactor.
@@ -213,6 +215,7 @@ impl Authority {
         store: Arc<dyn Store>,
         policy: Arc<Policy>,
         data_dir: PathBuf,
+        passphrase: Arc<crate::keys::Passphrase>,
     ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<String>), CaError> {
         let mac = TicketMac::new(&pki.pepper).map_err(CaError::internal)?;
         let url_base = pki.url_base.clone();
@@ -240,7 +243,7 @@ impl Authority {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let auth = Arc::new(Self {
             store,
-            policy,
+            policy: policy.clone(),
             mac,
             root_cert_der: pki.root_cert_der,
             url_base,
@@ -251,6 +254,8 @@ impl Authority {
             cpu: Semaphore::new(cores),
             redeeming: Mutex::new(HashSet::new()),
             data_dir,
+            passphrase,
+            limits: Arc::new(crate::limits::RateLimits::new(&policy)),
         });
         auth.sync_issuer_records()?;
         Ok((auth, rx))
@@ -259,6 +264,11 @@ impl Authority {
     /// The policy in force.
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// The rate limiters (shared with the gRPC edge).
+    pub fn rate_limits(&self) -> Arc<crate::limits::RateLimits> {
+        self.limits.clone()
     }
 
     /// The store.
@@ -506,6 +516,12 @@ impl Authority {
         caller: &Caller,
         req: Redemption,
     ) -> Result<Bundle, CaError> {
+        if !self.limits.allow_ticket(&req.number) {
+            tracing::warn!(ticket = %req.number, "ticket redemption rate limit hit");
+            return Err(CaError::ResourceExhausted(
+                "too many attempts for this ticket; wait a minute".into(),
+            ));
+        }
         let now = OffsetDateTime::now_utc();
         let ticket = {
             let store = self.store.clone();
@@ -1037,8 +1053,53 @@ impl Authority {
         }
     }
 
-    /// Republishes CRLs that are missing or close to `nextUpdate`; re-signs OCSP responses due.
+    /// Renews OCSP responder certificates that are within the policy's renewal window, then
+    /// reloads the keys so the responder signs with the new certificate.
+    async fn renew_responders(self: &Arc<Self>) {
+        let now = OffsetDateTime::now_utc();
+        let renew_before = self.policy.ca.ocsp_responder_renew_before();
+        let days = self.policy.ca.ocsp_responder_validity_days;
+        let due: Vec<String> = self
+            .issuer_set()
+            .by_id
+            .values()
+            .filter(|i| i.not_after > now)
+            .filter(|i| {
+                i.responder_not_after()
+                    .map(|t| t - now < renew_before)
+                    .unwrap_or(true)
+            })
+            .map(|i| i.id.clone())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        for id in &due {
+            let dir = self.data_dir.clone();
+            let pass = self.passphrase.clone();
+            let id2 = id.clone();
+            let r = blocking(move || {
+                pki::renew_responder(&dir, &id2, &pass, days).map_err(CaError::internal)
+            })
+            .await;
+            match r {
+                Ok(_) => tracing::info!(issuer = %id, days, "OCSP responder certificate renewed"),
+                Err(e) => {
+                    tracing::error!(issuer = %id, error = %e, "OCSP responder renewal failed")
+                }
+            }
+        }
+        let pass = self.passphrase.clone();
+        if let Err(e) = self.reload_issuers(&pass).await {
+            tracing::error!(error = %e, "reload after responder renewal failed");
+        }
+    }
+
+    /// Republishes CRLs that are missing or close to `nextUpdate`; re-signs OCSP responses due;
+    /// renews OCSP responder certificates; forgets idle rate-limit state.
     pub async fn scheduled_maintenance(self: &Arc<Self>) {
+        self.limits.retain_recent();
+        self.renew_responders().await;
         let before = Duration::hours(i64::from(self.policy.crl.republish_before_hours));
         let ids: Vec<String> = self.issuer_set().by_id.keys().cloned().collect();
         for id in ids {
@@ -1141,6 +1202,12 @@ impl Authority {
     pub async fn backup_to(&self, path: PathBuf) -> Result<(), CaError> {
         let store = self.store.clone();
         blocking(move || store.backup_to(&path).map_err(store_err)).await
+    }
+
+    /// [`reload_issuers`](Self::reload_issuers) with the daemon's own passphrase (SIGHUP).
+    pub async fn reload(self: &Arc<Self>) -> Result<String, CaError> {
+        let pass = self.passphrase.clone();
+        self.reload_issuers(&pass).await
     }
 
     /// Re-reads the keys directory (after `issuer rotate`), switches the active issuer, and

@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod http;
 pub mod issue;
 pub mod keys;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod ocsp;

@@ -32,7 +32,6 @@
 //! settled under the shard lock with two counters: a miss or a `presign` that started before
 //! an invalidation does not cache its (possibly stale) answer, and of two answers for the same
 //! certificate the one whose status was read later wins.
-//! cache its (possibly stale) answer.
 //!
 //! # Serials
 //! Serials are compared by value. [`StatusLookup::status`] receives the canonical form:
@@ -497,8 +496,12 @@ pub struct OcspResponder {
     resign_before: time::Duration,
     shards: Box<[RwLock<HashMap<CacheKey, Cached>>]>,
     hasher: RandomState,
-    /// Bumped by every status change (invalidate, presign, set_issuers).
+    /// Orders cached answers: bumped by presign, invalidate and set_issuers; an entry carries
+    /// the value read before its status was.
     generation: AtomicU64,
+    /// Bumped by invalidate and set_issuers: an answer whose status was read before is not
+    /// cached.
+    invalidations: AtomicU64,
     unknown_cached: AtomicUsize,
     signatures: AtomicU64,
 }
@@ -573,6 +576,7 @@ impl OcspResponder {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             generation: AtomicU64::new(0),
+            invalidations: AtomicU64::new(0),
             unknown_cached: AtomicUsize::new(0),
             signatures: AtomicU64::new(0),
         })
@@ -658,8 +662,10 @@ impl OcspResponder {
             return Err(Refusal::Malformed);
         }
         let nonce = nonce_extension(&req)?;
-        // Read the generation before the issuers: an insert is refused if either changed.
+        // Read the counters before the issuers and the status: a concurrent invalidation or
+        // issuer change then keeps this answer out of the cache.
         let generation = self.generation.load(Ordering::SeqCst);
+        let invalidations = self.invalidations.load(Ordering::SeqCst);
         let issuers = self.issuers_snapshot();
         let mut served: Option<&Arc<Served>> = None;
         let mut algs = Vec::with_capacity(list.len());
@@ -704,9 +710,10 @@ impl OcspResponder {
                 status,
                 generation,
             };
-            if self.generation.load(Ordering::SeqCst) == generation {
-                self.insert(key, entry, |old| old.generation <= generation);
-            }
+            self.insert(key, entry, |old| {
+                self.invalidations.load(Ordering::SeqCst) == invalidations
+                    && old.is_none_or(|o| o.generation <= generation)
+            });
             return Ok(OcspAnswer {
                 der,
                 produced_at: Some(now),
@@ -752,29 +759,37 @@ impl OcspResponder {
         })
     }
 
-    /// Inserts `entry` if there is no entry for `key` or `replace(old)` holds; keeps the count
-    /// of cached `unknown` answers bounded.
-    fn insert(&self, key: CacheKey, entry: Cached, replace: impl FnOnce(&Cached) -> bool) {
+    /// Inserts `entry` if `admit(current entry)` holds, evaluated under the shard's write
+    /// lock (so an invalidation either happens before and is seen, or waits and removes the
+    /// new entry); keeps the count of cached `unknown` answers bounded. Returns whether the
+    /// entry was inserted.
+    fn insert(
+        &self,
+        key: CacheKey,
+        entry: Cached,
+        admit: impl FnOnce(Option<&Cached>) -> bool,
+    ) -> bool {
         let mut shard = self
             .shard(&key)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let old_unknown = match shard.get(&key) {
-            Some(old) if !replace(old) => return,
-            Some(old) => old.status == CertStatus::Unknown,
-            None => false,
-        };
+        let old = shard.get(&key);
+        if !admit(old) {
+            return false;
+        }
+        let old_unknown = old.is_some_and(|o| o.status == CertStatus::Unknown);
         if entry.status == CertStatus::Unknown && !old_unknown {
             let n = self.unknown_cached.fetch_add(1, Ordering::Relaxed);
             if n >= MAX_CACHED_UNKNOWN {
                 self.unknown_cached.fetch_sub(1, Ordering::Relaxed);
-                return;
+                return false;
             }
         }
         if old_unknown && entry.status != CertStatus::Unknown {
             self.unknown_cached.fetch_sub(1, Ordering::Relaxed);
         }
         shard.insert(key, entry);
+        true
     }
 
     fn remove_where(&self, key: &CacheKey, pred: impl FnOnce(&Cached) -> bool) -> bool {
@@ -860,6 +875,7 @@ impl OcspResponder {
     /// asks the [`StatusLookup`] again. Unknown issuers and invalid serials are ignored.
     pub fn invalidate(&self, issuer_id: &str, serial_hex: &str) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
         let Ok(serial) = serial_magnitude(serial_hex) else {
             tracing::debug!(target: "ocsp", issuer_id, serial_hex, "invalidate: not a serial");
             return;
@@ -886,6 +902,7 @@ impl OcspResponder {
         now: OffsetDateTime,
     ) -> Result<(), OcspError> {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let invalidations = self.invalidations.load(Ordering::SeqCst);
         let serial = serial_magnitude(serial_hex).map_err(|problem| OcspError::InvalidSerial {
             serial: serial_hex.to_owned(),
             problem,
@@ -922,7 +939,10 @@ impl OcspResponder {
             status,
             generation,
         };
-        self.insert(key, entry, |old| old.generation < generation);
+        self.insert(key, entry, |old| {
+            self.invalidations.load(Ordering::SeqCst) == invalidations
+                && old.is_none_or(|o| o.generation < generation)
+        });
         Ok(())
     }
 
@@ -966,12 +986,10 @@ impl OcspResponder {
                 status,
                 generation: generation.max(old_generation),
             };
-            let mut replaced = false;
-            self.insert(key, entry, |old| {
-                replaced = old.generation == old_generation;
-                replaced
-            });
-            if replaced {
+            // Only over the very entry read above: not if it was invalidated or replaced since.
+            if self.insert(key, entry, |old| {
+                old.is_some_and(|o| o.generation == old_generation)
+            }) {
                 resigned += 1;
             }
         }
@@ -994,6 +1012,7 @@ impl OcspResponder {
             .collect();
         *self.issuers.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
         for shard in self.shards.iter() {
             let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
             shard.retain(|k, c| {
@@ -1437,6 +1456,64 @@ mod tests {
         assert!(!b.from_cache);
         assert_eq!(b.next_update, Some(much_later + time::Duration::hours(24)));
         assert_eq!(r.signature_count(), 4);
+    }
+
+    /// A lookup during which the certificate's status changes (the revocation path calls
+    /// `invalidate` while a request is between its lookup and its insert).
+    struct RacingLookup<'a> {
+        responder: &'a OcspResponder,
+        calls: AtomicUsize,
+    }
+
+    impl StatusLookup for RacingLookup<'_> {
+        fn status(&self, issuer_id: &str, serial_hex: &str) -> CertStatus {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.responder.invalidate(issuer_id, serial_hex);
+            CertStatus::Good
+        }
+    }
+
+    #[test]
+    fn answers_read_before_an_invalidation_are_not_cached() {
+        let p = pki("Issuer A");
+        let r = responder(&p);
+        let racing = RacingLookup {
+            responder: &r,
+            calls: AtomicUsize::new(0),
+        };
+        let req = request(vec![cert_id(&p, HashAlg::Sha1, S1)], None);
+        let a = r.answer(&req, NOW, &racing);
+        assert!(!a.from_cache);
+        assert_eq!(
+            r.cached_responses(),
+            0,
+            "stale answer kept out of the cache"
+        );
+        let b = r.answer(&req, NOW, &racing);
+        assert!(!b.from_cache);
+        assert_eq!(racing.calls.load(Ordering::SeqCst), 2);
+
+        // refresh_due does not resurrect an entry invalidated during its lookup.
+        r.presign("iss-1", S1, CertStatus::Good, NOW)
+            .expect("presign");
+        assert_eq!(r.cached_responses(), 1);
+        assert_eq!(r.refresh_due(NOW + time::Duration::hours(20), &racing), 0);
+        assert_eq!(r.cached_responses(), 0);
+
+        // An older presign never overwrites a newer one.
+        let revoked = CertStatus::Revoked {
+            at: NOW,
+            reason: RevocationReason::Superseded,
+        };
+        r.presign("iss-1", S2, revoked, NOW).expect("presign");
+        let table = Table::default();
+        let req = request(vec![cert_id(&p, HashAlg::Sha1, S2)], None);
+        let der = r.respond(&req, NOW, &table);
+        assert!(matches!(
+            basic(&der).tbs_response_data.responses[0].cert_status,
+            x509_ocsp::CertStatus::Revoked(_)
+        ));
+        assert_eq!(table.calls.load(Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -172,8 +172,14 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             .map_err(|e| ServeError::Startup(e.to_string()))?
             .map_err(|e| ServeError::Store(e.to_string()))?,
     );
-    let (authority, crl_rx) = Authority::new(pki, store, policy.clone(), opts.data_dir.clone())
-        .map_err(|e| ServeError::Startup(e.to_string()))?;
+    let (authority, crl_rx) = Authority::new(
+        pki,
+        store,
+        policy.clone(),
+        opts.data_dir.clone(),
+        passphrase.clone(),
+    )
+    .map_err(|e| ServeError::Startup(e.to_string()))?;
     authority.scheduled_maintenance().await;
     tokio::spawn(authority.clone().run_crl_publisher(crl_rx));
 
@@ -233,7 +239,6 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     .max_encoding_message_size(max_crl);
     let admin = v1::admin_server::AdminServer::new(AdminService {
         authority: authority.clone(),
-        passphrase,
     })
     .max_decoding_message_size(max_req)
     .max_encoding_message_size(max_crl);
@@ -243,7 +248,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         .timeout(limits.request_timeout())
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .layer(AuthzLayer::new(policy.clone()))
+        .layer(crate::metrics::LatencyLayer)
+        .layer(AuthzLayer::new(policy.clone(), authority.rate_limits()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(enrollment)
@@ -255,10 +261,13 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         });
 
     let mut stop = stop_rx.clone();
-    let http = axum::serve(http_listener, crate::http::router(authority.clone()))
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
+    let http = axum::serve(
+        http_listener,
+        crate::http::router(authority.clone()).layer(crate::metrics::LatencyLayer),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    });
 
     let metrics = match opts.metrics_listen {
         Some(addr) => {
@@ -283,6 +292,24 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
 
     let grpc_task = tokio::spawn(grpc);
     let http_task = tokio::spawn(async move { http.await });
+    // SIGHUP: re-read the keys directory (after `issuer rotate` or a responder renewal).
+    #[cfg(unix)]
+    {
+        let authority = authority.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP received, reloading issuers");
+                if let Err(e) = authority.reload().await {
+                    tracing::error!(error = %e, "reload failed");
+                }
+            }
+        });
+    }
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     let (g, h) = tokio::join!(grpc_task, http_task);

@@ -10,7 +10,9 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use ca_daemon::pkcs12::{BundleInput, MobileconfigInput, build_mobileconfig, build_pfx};
+use ca_daemon::pkcs12::{
+    BundleInput, MobileconfigInput, build_mobileconfig, build_pfx, bundle_friendly_name,
+};
 use der::Decode as _;
 use pki_policy::domain::TargetOs;
 use pki_policy::keystore::{BagEncryption, KeystoreProfile, MacAlgorithm};
@@ -187,6 +189,9 @@ fn serial_hex(cert_der: &[u8]) -> String {
 struct Case {
     label: String,
     profile: KeystoreProfile,
+    /// The name given to `build_pfx` (and shown in the `.mobileconfig` title).
+    name: String,
+    /// The friendlyName expected in the bundle (`bundle_friendly_name(name)`).
     friendly: String,
     leaf: Vec<u8>,
     p12: PathBuf,
@@ -201,7 +206,7 @@ fn build_cases(dir: &Path, chain: &Chain) -> Vec<Case> {
     // exactly 64 characters mixing all of them.
     let extra = [
         "Tanaka Ichiro's phone".to_string(),
-        "絵文字😀テスト🚀".to_string(),
+        "𠮷田 絵文字😀テスト🚀".to_string(),
         "あいうえお😀ABC漢字かな🚀 "
             .chars()
             .cycle()
@@ -257,7 +262,8 @@ fn build_cases(dir: &Path, chain: &Chain) -> Vec<Case> {
                 cases.push(Case {
                     label,
                     profile,
-                    friendly: name.clone(),
+                    name: name.clone(),
+                    friendly: bundle_friendly_name(name),
                     leaf: leaf.clone(),
                     p12,
                     password_file,
@@ -579,7 +585,7 @@ fn check_python(python: &Path, dir: &Path, cases: &[Case], chain: &Chain) {
             assert_eq!(m["type"], "Configuration", "{label}");
             assert_eq!(
                 m["display_name"],
-                format!("電子@連絡帳 端末証明書 ({})", case.friendly),
+                format!("電子@連絡帳 端末証明書 ({})", case.name),
                 "{label}"
             );
             assert_eq!(m["organization"], ORGANIZATION, "{label}");

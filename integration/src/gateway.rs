@@ -104,7 +104,8 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     /// gRPC URL of the daemon, e.g. `https://127.0.0.1:50051`.
     pub daemon_url: String,
-    /// Name checked in the daemon's server certificate (the dev daemon's names `localhost`).
+    /// Name checked in the daemon's server certificate (the dev daemon's certificate names
+    /// `localhost`).
     pub daemon_server_name: String,
     /// Trust anchor of the daemon's gRPC server certificate (the service CA), PEM.
     pub service_ca_pem: Vec<u8>,
@@ -408,7 +409,8 @@ struct AppliedCrl {
     der: CertificateRevocationListDer<'static>,
 }
 
-/// Everything a new `ServerConfig` is built from, and the current one.
+/// Everything a new `ServerConfig` is built from, and the current one. A new connection only
+/// clones the `Arc` in `current` (a short read lock), so handshakes never wait for a rebuild.
 struct TlsState {
     provider: Arc<CryptoProvider>,
     roots: Arc<RootCertStore>,
@@ -738,37 +740,41 @@ async fn follow(
     state: Arc<TlsState>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let label = if wanted_id.is_empty() {
+        "(active)"
+    } else {
+        wanted_id.as_str()
+    };
     let mut stream = Some(first_stream);
     let mut backoff = BACKOFF_MIN;
     loop {
-        if let Some(mut s) = stream.take() {
-            loop {
-                let msg = tokio::select! {
-                    _ = stop.changed() => return,
-                    m = s.message() => m,
-                };
-                match msg {
-                    Ok(Some(crl)) => {
-                        backoff = BACKOFF_MIN;
-                        let (id, number) = (crl.issuer_id.clone(), crl.number);
-                        match apply_from_daemon(&state, &mut client, crl).await {
-                            Ok(CrlOutcome::AlreadyApplied) => {
-                                debug!(issuer = %id, number, "CRL already applied");
-                            }
-                            Ok(CrlOutcome::Applied { .. }) => {}
-                            Err(e) => warn!(issuer = %id, number, error = %e, "CRL refused"),
-                        }
-                    }
-                    Ok(None) => {
-                        warn!(issuer = %wanted_id, "WatchCrl stream ended; reconnecting");
-                        break;
-                    }
-                    Err(status) => {
-                        warn!(issuer = %wanted_id, code = ?status.code(), message = status.message(),
-                            "WatchCrl stream failed; reconnecting");
-                        break;
-                    }
+        while let Some(s) = stream.as_mut() {
+            let msg = tokio::select! {
+                _ = stop.changed() => return,
+                m = s.message() => m,
+            };
+            let crl = match msg {
+                Ok(Some(crl)) => crl,
+                Ok(None) => {
+                    warn!(issuer = label, "WatchCrl stream ended; reconnecting");
+                    stream = None;
+                    continue;
                 }
+                Err(status) => {
+                    warn!(issuer = label, code = ?status.code(), message = status.message(),
+                        "WatchCrl stream failed; reconnecting");
+                    stream = None;
+                    continue;
+                }
+            };
+            backoff = BACKOFF_MIN;
+            let (id, number) = (crl.issuer_id.clone(), crl.number);
+            match apply_from_daemon(&state, &mut client, crl).await {
+                Ok(CrlOutcome::Applied { .. }) => {}
+                Ok(CrlOutcome::AlreadyApplied) => {
+                    debug!(issuer = %id, number, "CRL already applied")
+                }
+                Err(e) => warn!(issuer = %id, number, error = %e, "CRL refused"),
             }
         }
         tokio::select! {
@@ -777,8 +783,11 @@ async fn follow(
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
         match open_watch(&mut client, &wanted_id).await {
-            Ok(s) => stream = Some(s),
-            Err(e) => warn!(issuer = %wanted_id, error = %e, "WatchCrl reconnect failed"),
+            Ok(s) => {
+                info!(issuer = label, "WatchCrl stream reopened");
+                stream = Some(s);
+            }
+            Err(e) => warn!(issuer = label, error = %e, "WatchCrl reconnect failed"),
         }
     }
 }

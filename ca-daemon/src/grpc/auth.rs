@@ -67,12 +67,13 @@ pub fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, Status> {
 #[derive(Clone)]
 pub struct AuthzLayer {
     policy: Arc<Policy>,
+    limits: Arc<crate::limits::RateLimits>,
 }
 
 impl AuthzLayer {
-    /// A layer for this policy.
-    pub fn new(policy: Arc<Policy>) -> Self {
-        Self { policy }
+    /// A layer for this policy and these rate limits.
+    pub fn new(policy: Arc<Policy>, limits: Arc<crate::limits::RateLimits>) -> Self {
+        Self { policy, limits }
     }
 }
 
@@ -82,6 +83,7 @@ impl<S> tower::Layer<S> for AuthzLayer {
         Authz {
             inner,
             policy: self.policy.clone(),
+            limits: self.limits.clone(),
         }
     }
 }
@@ -91,6 +93,7 @@ impl<S> tower::Layer<S> for AuthzLayer {
 pub struct Authz<S> {
     inner: S,
     policy: Arc<Policy>,
+    limits: Arc<crate::limits::RateLimits>,
 }
 
 fn always_allowed(path: &str) -> bool {
@@ -119,6 +122,15 @@ where
         let path = req.uri().path().to_string();
         let verdict = match req.extensions().get::<PeerInfo>() {
             None => Err(Status::unauthenticated("no verified client certificate")),
+            Some(p)
+                if !always_allowed(&path)
+                    && !self.limits.allow_caller(&format!("{}:{}", p.role, p.name)) =>
+            {
+                tracing::warn!(role = %p.role, caller = %p.name, method = %path, "rate limit hit");
+                Err(Status::resource_exhausted(
+                    "request rate limit exceeded; slow down",
+                ))
+            }
             Some(p) if always_allowed(&path) || self.policy.role_allows(&p.role, &path) => Ok(()),
             Some(p) => {
                 tracing::warn!(role = %p.role, caller = %p.name, method = %path, "permission denied");

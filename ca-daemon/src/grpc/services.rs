@@ -348,8 +348,6 @@ use tokio_stream::StreamExt as _;
 pub struct AdminService {
     /// The authority.
     pub authority: Arc<Authority>,
-    /// Passphrase of the sealed keys, to reload issuers after a rotation.
-    pub passphrase: Arc<crate::keys::Passphrase>,
 }
 
 fn issuer_state(s: IssuerState) -> v1::IssuerState {
@@ -441,7 +439,7 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         _request: Request<v1::ReloadIssuersRequest>,
     ) -> Result<Response<v1::ListIssuersResponse>, Status> {
-        self.authority.reload_issuers(&self.passphrase).await?;
+        self.authority.reload().await?;
         Ok(Response::new(v1::ListIssuersResponse {
             issuers: self.issuers().await?,
         }))

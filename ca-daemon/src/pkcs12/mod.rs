@@ -21,13 +21,16 @@
 //! - `pbeWithSHAAnd3-KeyTripleDES-CBC` (RFC 7292 appendix C): 8-byte random salt, key and IV from
 //!   the appendix B KDF with SHA-1 over the BMPString password. Never RC2, for any bag.
 //! - PBES2 (RFC 8018): PBKDF2-HMAC-SHA256 with a 16-byte random salt over the UTF-8 password
-//!   (what OpenSSL, .NET and Windows do; RFC 9579 §6 says the same), AES-256-CBC with a random IV.
+//!   (what OpenSSL and .NET do; only ASCII digits are used in practice), AES-256-CBC with a
+//!   random IV.
 //!   `keyLength` is omitted, as OpenSSL does for ciphers with a fixed key size.
 //! - `localKeyId` is the SHA-1 of the leaf certificate (OpenSSL's and Windows' convention), equal on
-//!   the key bag and the leaf certificate bag. `friendlyName` sits on both; it is written as
-//!   UTF-16BE in a BMPString, so Japanese names (all in the BMP) are plain UCS-2. A character
-//!   beyond the BMP (an emoji) is written as a surrogate pair, as OpenSSL and Windows do and read
-//!   back. The chain certificates carry no attributes (as `openssl pkcs12 -export` writes them).
+//!   the key bag and the leaf certificate bag. `friendlyName` sits on both, as a strict
+//!   BMPString (UCS-2): Japanese names are in the BMP and pass unchanged; a character beyond it
+//!   (an emoji, a rare kanji such as `𠮷`) becomes `〓` (see [`bundle_friendly_name`]), because
+//!   OpenSSL refuses to write a surrogate pair there and Python `cryptography` reads one back as
+//!   no name. The chain certificates carry no attributes (as `openssl pkcs12 -export` writes
+//!   them).
 //! - Salts and IVs come from ring's `SystemRandom`. Derived keys, IVs and the encoded passwords
 //!   live in `Zeroizing` buffers; so does the returned PFX.
 //! - Inputs are checked before any KDF runs: non-empty password, a key that matches the leaf
@@ -63,7 +66,7 @@ mod mobileconfig;
 mod pfx;
 
 pub use mobileconfig::{MobileconfigInput, PAYLOAD_IDENTIFIER_PREFIX, build_mobileconfig};
-pub use pfx::{BundleInput, build_pfx};
+pub use pfx::{BundleInput, NON_BMP_SUBSTITUTE, build_pfx, bundle_friendly_name};
 
 /// Re-exported so callers need not reach into `pki-policy` for the profile type.
 pub use pki_policy::keystore::KeystoreProfile;

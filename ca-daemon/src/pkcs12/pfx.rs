@@ -80,7 +80,7 @@ const OID_RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.8
 const PBE_SALT_LEN: usize = 8;
 /// Salt length of PBKDF2 in PBES2 (OpenSSL 3's default for PBES2).
 const PBES2_SALT_LEN: usize = 16;
-/// Longest friendly name, in UTF-16 code units.
+/// Longest friendly name, in characters (= UCS-2 code units).
 const MAX_FRIENDLY_NAME_UNITS: usize = 256;
 /// Longest password, in UTF-16 code units.
 const MAX_PASSWORD_UNITS: usize = 256;
@@ -277,20 +277,47 @@ fn check_profile(profile: &KeystoreProfile) -> Result<(), Pkcs12Error> {
     Ok(())
 }
 
-/// The friendlyName value: a BMPString holding UTF-16BE (surrogate pairs beyond the BMP).
+/// Stand-in for a character outside the BMP: U+3013 GETA MARK, the customary Japanese mark for
+/// a character that cannot be shown.
+pub const NON_BMP_SUBSTITUTE: char = '\u{3013}';
+
+/// The friendly name exactly as [`build_pfx`] writes it: every character outside the Basic
+/// Multilingual Plane (emoji, rare kanji such as `𠮷`) replaced by [`NON_BMP_SUBSTITUTE`] (`〓`).
+///
+/// A BMPString holds UCS-2 only. A surrogate pair in it is not portable: OpenSSL refuses to
+/// write one ("illegal characters") and Python `cryptography` reads it back as no name at all,
+/// and importers that fail to read an attribute tend to report "wrong password".
+pub fn bundle_friendly_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if u32::from(c) > 0xFFFF {
+                NON_BMP_SUBSTITUTE
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// The friendlyName value: a BMPString (UCS-2, big-endian) of [`bundle_friendly_name`].
 fn friendly_name_attribute_value(name: &str) -> Result<Any, Pkcs12Error> {
     let invalid = |reason| Pkcs12Error::InvalidFriendlyName { reason };
-    if name.is_empty() {
+    if name.trim().is_empty() {
         return Err(invalid("it is empty"));
     }
     if name.chars().any(char::is_control) {
         return Err(invalid("it contains control characters"));
     }
-    let bytes: Vec<u8> = name.encode_utf16().flat_map(u16::to_be_bytes).collect();
-    if bytes.len() / 2 > MAX_FRIENDLY_NAME_UNITS {
-        return Err(invalid("it is longer than 256 UTF-16 code units"));
+    let bmp = bundle_friendly_name(name);
+    if bmp.chars().count() > MAX_FRIENDLY_NAME_UNITS {
+        return Err(invalid("it is longer than 256 characters"));
     }
-    Any::new(Tag::BmpString, bytes).map_err(|source| Pkcs12Error::Encoding {
+    let bytes: Vec<u8> = bmp.encode_utf16().flat_map(u16::to_be_bytes).collect();
+    let value = der::asn1::BmpString::from_ucs2(bytes).map_err(|source| Pkcs12Error::Encoding {
+        what: "friendlyName",
+        source,
+    })?;
+    Any::encode_from(&value).map_err(|source| Pkcs12Error::Encoding {
         what: "friendlyName",
         source,
     })
@@ -909,6 +936,8 @@ pub(super) mod tests {
         assert_eq!(rb.key_pkcs8, f.leaf_key);
         let id = Sha1::digest(&f.leaf).to_vec();
         assert_eq!(rb.key_local_key_id.as_ref(), Some(&id));
+        let name = bundle_friendly_name(name);
+        let name = name.as_str();
         assert_eq!(rb.key_friendly_name.as_deref(), Some(name));
         let expected_certs = if profile.include_chain {
             vec![f.leaf.clone(), f.issuer.clone(), f.root.clone()]
@@ -928,6 +957,7 @@ pub(super) mod tests {
 
     /// The `p12` crate (yasna + its own KDF and 3DES) reads the 3DES/SHA-1 bundles.
     fn check_p12_crate(pfx: &[u8], f: &Fixture, name: &str, pw: &str) {
+        let name = bundle_friendly_name(name);
         let parsed = p12::PFX::parse(pfx).expect("p12 parses the PFX");
         assert!(parsed.verify_mac(pw), "p12: MAC with the right password");
         assert!(
@@ -1000,6 +1030,24 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn characters_beyond_the_bmp_become_geta_marks() {
+        assert_eq!(
+            bundle_friendly_name("𠮷田 花子😀 (iPad)"),
+            "〓田 花子〓 (iPad)"
+        );
+        assert_eq!(bundle_friendly_name("山田 花子"), "山田 花子");
+        let f = fixture();
+        let chain = f.chain();
+        let profile = &default_profiles()[0];
+        let pfx = build_pfx(profile, &input(f, &chain, "𠮷田🚀", "12345678")).expect("build");
+        let rb = read_back(&pfx, "12345678").expect("read back");
+        assert_eq!(rb.key_friendly_name.as_deref(), Some("〓田〓"));
+        // 256 emoji are 256 characters once substituted (512 UTF-16 units before).
+        let many = "😀".repeat(256);
+        assert!(build_pfx(profile, &input(f, &chain, &many, "12345678")).is_ok());
+    }
+
+    #[test]
     fn salts_are_random() {
         let f = fixture();
         let chain = f.chain();
@@ -1057,7 +1105,7 @@ pub(super) mod tests {
             ),
             Err(Pkcs12Error::InvalidPassword { .. })
         ));
-        for bad_name in ["", "a\nb", "\u{7}"] {
+        for bad_name in ["", " ", "a\nb", "\u{7}"] {
             assert!(matches!(
                 build_pfx(
                     profile,
