@@ -1100,6 +1100,11 @@ impl Authority {
     pub async fn scheduled_maintenance(self: &Arc<Self>) {
         self.limits.retain_recent();
         self.renew_responders().await;
+        // Retiring issuers whose last certificate expired become retired.
+        let this = self.clone();
+        if let Err(e) = blocking(move || this.sync_issuer_records()).await {
+            tracing::error!(error = %e, "issuer state update failed");
+        }
         let before = Duration::hours(i64::from(self.policy.crl.republish_before_hours));
         let ids: Vec<String> = self.issuer_set().by_id.keys().cloned().collect();
         for id in ids {

@@ -234,6 +234,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     .max_encoding_message_size(max_crl);
     let revocation = v1::revocation_server::RevocationServer::new(RevocationService {
         authority: authority.clone(),
+        stopping: stop_rx.clone(),
     })
     .max_decoding_message_size(max_req)
     .max_encoding_message_size(max_crl);
@@ -312,7 +313,15 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     }
     shutdown_signal().await;
     let _ = stop_tx.send(true);
-    let (g, h) = tokio::join!(grpc_task, http_task);
+    // In-flight calls finish; a peer that never lets go does not keep us alive forever.
+    let drained = tokio::time::timeout(Duration::from_secs(25), async {
+        tokio::join!(grpc_task, http_task)
+    })
+    .await;
+    let Ok((g, h)) = drained else {
+        tracing::warn!("connections did not drain within 25 s; exiting anyway");
+        return Ok(());
+    };
     if let Some(m) = metrics {
         let _ = m.await;
     }

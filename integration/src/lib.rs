@@ -199,13 +199,11 @@ impl Daemon {
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), HarnessError> {
         let start = Instant::now();
         while start.elapsed() < timeout {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(HarnessError::NotReady(format!(
-                        "exited with {status}; log:\n{}",
-                        self.log()
-                    )));
-                }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Err(HarnessError::NotReady(format!(
+                    "exited with {status}; log:\n{}",
+                    self.log()
+                )));
             }
             let http_ok = http_get(self.http, "/healthz").is_ok_and(|(code, _)| code == 200);
             let grpc_ok =

@@ -66,3 +66,114 @@ pub fn pkilint(tool: &str, extra: &[&str], file: &Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Whether `program` (a path or a name on `PATH`) can be started with `probe` arguments.
+/// When it cannot: panics with `install` as the hint, or — with `PKI_ALLOW_MISSING_TOOLS=1` —
+/// prints a notice and returns `false` so the caller skips that check.
+pub fn require(program: &Path, probe: &[&str], install: &str) -> bool {
+    let started = Command::new(program)
+        .args(probe)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match started {
+        Ok(_) => true,
+        Err(e) if allow_missing() => {
+            eprintln!(
+                "SKIPPED a check: cannot run {} ({e}); install: {install}",
+                program.display()
+            );
+            false
+        }
+        Err(e) => panic!(
+            "cannot run {}: {e} — install: {install} (or set PKI_ALLOW_MISSING_TOOLS=1 to skip)",
+            program.display()
+        ),
+    }
+}
+
+/// [`require`] for `openssl`.
+pub fn require_openssl() -> bool {
+    require(
+        Path::new("openssl"),
+        &["version"],
+        "OpenSSL 3 (apt-get install openssl)",
+    )
+}
+
+/// [`require`] for `keytool`.
+pub fn require_keytool() -> bool {
+    require(
+        Path::new("keytool"),
+        &["-help"],
+        "Java 17 keytool (apt-get install openjdk-17-jre-headless)",
+    )
+}
+
+/// [`require`] for the venv's Python with `cryptography` and `grpcio-tools`.
+pub fn require_python() -> bool {
+    require(
+        &venv_bin("python"),
+        &["-c", "import cryptography, grpc_tools"],
+        "a Python venv at $PKI_VENV or <workspace>/.venv with `pip install cryptography grpcio-tools pkilint`",
+    )
+}
+
+/// [`require`] for a pkilint linter of the venv (`lint_pkix_cert`, `lint_crl`, ...).
+pub fn require_pkilint(tool: &str) -> bool {
+    require(
+        &venv_bin(tool),
+        &["--help"],
+        "pkilint in the Python venv (`pip install pkilint`)",
+    )
+}
+
+/// The Python helper scripts of the integration tests (`integration/tests/python/<name>`).
+pub fn python_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("python")
+        .join(name)
+}
+
+/// PEM encoding of DER under `label` (64-character lines).
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// DER of the first `CERTIFICATE` block of a PEM file.
+pub fn cert_der_from_pem_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let bytes = std::fs::read(path)?;
+    let (_, p) = x509_parser::pem::parse_x509_pem(&bytes)
+        .map_err(|e| std::io::Error::other(format!("{}: not PEM: {e}", path.display())))?;
+    if p.label != "CERTIFICATE" {
+        return Err(std::io::Error::other(format!(
+            "{}: PEM label {}, expected CERTIFICATE",
+            path.display(),
+            p.label
+        )));
+    }
+    Ok(p.contents)
+}
+
+/// Writes a secret (password, key) to a file readable by the owner only.
+pub fn write_secret(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents)
+}

@@ -267,6 +267,8 @@ impl v1::certificates_server::Certificates for CertificatesService {
 pub struct RevocationService {
     /// The authority.
     pub authority: Arc<Authority>,
+    /// Becomes `true` at shutdown: open `WatchCrl` streams end so the server can drain.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 type CrlStream = Pin<Box<dyn Stream<Item = Result<v1::Crl, Status>> + Send + 'static>>;
