@@ -35,7 +35,10 @@ pub enum Command {
     )]
     Init(InitArgs),
     /// Enrollment tickets (operators and demos).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  ca-daemon ticket get --number 12345678\n  ca-daemon ticket create --help"
+    )]
     Ticket(TicketCommand),
     /// Revoke a certificate, a device, a person or a whole facility.
     #[command(
@@ -43,13 +46,13 @@ pub enum Command {
     )]
     Revoke(RevokeArgs),
     /// CRL operations.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Example:\n  ca-daemon crl publish")]
     Crl(CrlCommand),
     /// Issuing CA operations.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Example:\n  ca-daemon issuer list")]
     Issuer(IssuerCommand),
     /// Audit log operations.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Example:\n  ca-daemon audit verify --json")]
     Audit(AuditCommand),
     /// Issuers, certificate counts, CRL numbers and ages, tickets by state.
     #[command(after_help = "Example:\n  ca-daemon status --json")]
@@ -163,8 +166,10 @@ pub enum TicketCommand {
     )]
     Redeem(TicketRedeemArgs),
     /// Show a ticket (never its password).
+    #[command(after_help = "Example:\n  ca-daemon ticket get --number 12345678 --json")]
     Get(TicketNumberArgs),
     /// Cancel an active ticket.
+    #[command(after_help = "Example:\n  ca-daemon ticket cancel --number 12345678")]
     Cancel(TicketNumberArgs),
 }
 

@@ -201,12 +201,30 @@ pub fn issue_leaf(req: &LeafRequest<'_>) -> Result<IssuedLeaf, IssueError> {
     params.custom_extensions = vec![aia_extension(&req.urls.ocsp, &req.urls.ca_issuers)];
     params.use_authority_key_identifier_extension = true;
 
+    // 1. Sign a throw-away lint certificate with a key that is not the CA's, and lint it.
+    let lint_key = lint_key(req.issuer_key)?;
+    let lint_issuer = Issuer::from_ca_cert_der(&req.issuer_cert_der.into(), &lint_key)
+        .map_err(|e| IssueError::Issuer(e.to_string()))?;
+    let lint_der = params
+        .signed_by(&generated.key_pair, &lint_issuer)?
+        .der()
+        .to_vec();
+    lint_leaf(&lint_der, req, &serial_hex, &uri, &subject)?;
+
+    // 2. Only then sign with the CA key, and check that what was signed is byte for byte what
+    //    was linted (the TBSCertificate; the issuer's key identifier comes from its
+    //    certificate, so it is the same under both keys).
     let issuer = Issuer::from_ca_cert_der(&req.issuer_cert_der.into(), req.issuer_key)
         .map_err(|e| IssueError::Issuer(e.to_string()))?;
-    let cert = params.signed_by(&generated.key_pair, &issuer)?;
-    let der = cert.der().to_vec();
-
-    lint_leaf(&der, req, &serial_hex, &uri, &subject)?;
+    let der = params
+        .signed_by(&generated.key_pair, &issuer)?
+        .der()
+        .to_vec();
+    if tbs_bytes(&der)? != tbs_bytes(&lint_der)? {
+        return Err(IssueError::Lint(
+            "signed certificate differs from the linted one".into(),
+        ));
+    }
 
     Ok(IssuedLeaf {
         serial_hex,
@@ -215,6 +233,21 @@ pub fn issue_leaf(req: &LeafRequest<'_>) -> Result<IssuedLeaf, IssueError> {
         not_before,
         not_after,
     })
+}
+
+/// A throw-away key of the issuer's algorithm that signs the lint certificate (never the CA's
+/// key, never stored; a lint certificate is never released). EC key generation costs
+/// microseconds, so a fresh one per issuance is cheaper than sharing state.
+fn lint_key(issuer_key: &KeyPair) -> Result<KeyPair, IssueError> {
+    KeyPair::generate_for(issuer_key.algorithm())
+        .map_err(|e| IssueError::Issuer(format!("lint key for the issuer's algorithm: {e}")))
+}
+
+/// The raw TBSCertificate of a DER certificate.
+fn tbs_bytes(der: &[u8]) -> Result<Vec<u8>, IssueError> {
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| IssueError::Lint(format!("does not parse: {e}")))?;
+    Ok(cert.tbs_certificate.as_ref().to_vec())
 }
 
 /// OID arcs of the AuthorityInfoAccess extension.
@@ -408,4 +441,154 @@ fn lint_leaf(
         return fail("AKI or SKI missing".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{KdfParams, Passphrase};
+    use pki_policy::domain::{Device, Facility, Person, TargetOs};
+
+    fn enrollee() -> Enrollee {
+        Enrollee {
+            facility: Facility {
+                id: "F001".into(),
+                name: "豊田みよしケアネット訪問看護".into(),
+                prefecture: "愛知県".into(),
+                city: "豊田市".into(),
+                kind: "訪問看護".into(),
+            },
+            person: Person {
+                id: "P001".into(),
+                family_name: "山田".into(),
+                given_name: "花子".into(),
+                family_name_kana: "ヤマダ".into(),
+                given_name_kana: "ハナコ".into(),
+                job: "看護師".into(),
+                email: "h@example.jp".into(),
+            },
+            device: Device {
+                id: "D001".into(),
+                os: TargetOs::Ios,
+                remark: String::new(),
+            },
+        }
+    }
+
+    fn pki() -> (tempfile::TempDir, crate::pki::LoadedPki) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pass = Passphrase::from_bytes(b"test passphrase").expect("passphrase");
+        let mut opts =
+            crate::pki::InitOptions::new(dir.path().join("d"), pass, "http://127.0.0.1:8080");
+        opts.kdf = KdfParams::test_fast();
+        crate::pki::init(&opts).expect("init");
+        let pass = Passphrase::from_bytes(b"test passphrase").expect("passphrase");
+        let loaded = crate::pki::load(&dir.path().join("d"), &pass).expect("load");
+        (dir, loaded)
+    }
+
+    #[test]
+    fn issues_a_linted_leaf_with_utf8_names_capped_at_the_issuer() {
+        let (_dir, pki) = pki();
+        let issuer = pki.active_issuer().expect("active issuer");
+        let policy = pki_policy::Policy::default_policy();
+        let mut profile = policy.cert_profile(None).expect("profile").clone();
+        let urls = CertUrls {
+            crl: "http://127.0.0.1:8080/crl/x.crl".into(),
+            ocsp: "http://127.0.0.1:8080/ocsp".into(),
+            ca_issuers: "http://127.0.0.1:8080/ca/x.crt".into(),
+        };
+        let e = enrollee();
+        let now = OffsetDateTime::now_utc();
+        let leaf = issue_leaf(&LeafRequest {
+            enrollee: &e,
+            profile: &profile,
+            issuer_cert_der: &issuer.cert_der,
+            issuer_key: &issuer.key,
+            issuer_not_after: issuer.not_after,
+            urls: &urls,
+            now,
+        })
+        .expect("issue");
+        assert_eq!(leaf.serial_hex.len(), 32);
+        let (_, cert) = X509Certificate::from_der(&leaf.der).expect("parse");
+        let o = cert
+            .subject()
+            .iter_organization()
+            .next()
+            .expect("O")
+            .attr_value()
+            .data;
+        assert_eq!(o, e.facility.name.as_bytes());
+        assert!(leaf.not_after <= issuer.not_after);
+
+        // A profile longer than the issuer's remaining life is capped at the issuer.
+        profile.validity_days = 100_000;
+        let leaf = issue_leaf(&LeafRequest {
+            enrollee: &e,
+            profile: &profile,
+            issuer_cert_der: &issuer.cert_der,
+            issuer_key: &issuer.key,
+            issuer_not_after: issuer.not_after,
+            urls: &urls,
+            now,
+        })
+        .expect("issue");
+        assert_eq!(
+            leaf.not_after.unix_timestamp(),
+            issuer.not_after.unix_timestamp()
+        );
+    }
+
+    #[test]
+    fn lint_refuses_a_certificate_that_does_not_match_the_request() {
+        let (_dir, pki) = pki();
+        let issuer = pki.active_issuer().expect("active issuer");
+        let policy = pki_policy::Policy::default_policy();
+        let profile = policy.cert_profile(None).expect("profile").clone();
+        let urls = CertUrls {
+            crl: "http://127.0.0.1:8080/crl/x.crl".into(),
+            ocsp: "http://127.0.0.1:8080/ocsp".into(),
+            ca_issuers: "http://127.0.0.1:8080/ca/x.crt".into(),
+        };
+        let e = enrollee();
+        let req = LeafRequest {
+            enrollee: &e,
+            profile: &profile,
+            issuer_cert_der: &issuer.cert_der,
+            issuer_key: &issuer.key,
+            issuer_not_after: issuer.not_after,
+            urls: &urls,
+            now: OffsetDateTime::now_utc(),
+        };
+        let leaf = issue_leaf(&req).expect("issue");
+        let subject = profile.subject.render(&e);
+        let uri = enrollee_uri(&e);
+        // The right request passes ...
+        lint_leaf(&leaf.der, &req, &leaf.serial_hex, &uri, &subject).expect("lint");
+        // ... a different organisation, serial, SAN or CRL URL does not.
+        let mut other = subject.clone();
+        other.organization = "別の施設".into();
+        assert!(lint_leaf(&leaf.der, &req, &leaf.serial_hex, &uri, &other).is_err());
+        assert!(lint_leaf(&leaf.der, &req, &"7f".repeat(16), &uri, &subject).is_err());
+        assert!(
+            lint_leaf(
+                &leaf.der,
+                &req,
+                &leaf.serial_hex,
+                "urn:pki:device:x/y/z",
+                &subject
+            )
+            .is_err()
+        );
+        let other_urls = CertUrls {
+            crl: "http://elsewhere/crl".into(),
+            ..urls.clone()
+        };
+        let req2 = LeafRequest {
+            urls: &other_urls,
+            ..req
+        };
+        assert!(lint_leaf(&leaf.der, &req2, &leaf.serial_hex, &uri, &subject).is_err());
+    }
 }
