@@ -529,8 +529,17 @@ impl Authority {
             blocking(move || store.ticket(&n).map_err(store_err)).await?
         };
         let Some(ticket) = ticket else {
-            // Same work as a wrong password, so timing tells little more than the answer.
+            // Same work as a wrong password (a MAC and a durable write: probing is audited),
+            // so the latency does not tell an unknown number from a wrong password.
             let _ = self.mac.verify(&req.number, &req.password, &[0u8; 32]);
+            let store = self.store.clone();
+            let event = AuditEvent {
+                actor: caller.actor(),
+                action: "ticket.unknown_number".into(),
+                target: format!("ticket:{}", req.number),
+                detail: String::new(),
+            };
+            let _ = blocking(move || store.append_audit(event).map(|_| ()).map_err(store_err)).await;
             tracing::info!(ticket = %req.number, outcome = "unknown_number", "redemption refused");
             return Err(CaError::BadTicketCredentials);
         };

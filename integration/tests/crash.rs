@@ -338,15 +338,16 @@ async fn revoker(creds: Creds, shared: Arc<Shared>, seed: u64) {
         match result {
             Ok(r) => {
                 let r = r.into_inner();
-                let mut l = shared.ledger();
-                if r.revoked_serials != [serial.clone()] {
-                    l.unexpected.push(format!(
-                        "Revoke {serial} answered {:?}",
-                        r.revoked_serials
-                    ));
+                {
+                    let mut l = shared.ledger();
+                    if r.revoked_serials != [serial.clone()] {
+                        l.unexpected.push(format!(
+                            "Revoke {serial} answered {:?}",
+                            r.revoked_serials
+                        ));
+                    }
+                    l.revoked.insert(serial);
                 }
-                l.revoked.insert(serial);
-                drop(l);
                 conn = Some(c);
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(5..40))).await;
             }

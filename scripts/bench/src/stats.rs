@@ -56,10 +56,6 @@ pub struct Summary {
     pub p50_ms: f64,
     /// Median of the rounds' p99 latency, ms.
     pub p99_ms: f64,
-    /// Rounds.
-    pub rounds: usize,
-    /// Operations per round (first round).
-    pub ops: usize,
 }
 
 /// Summarises rounds by their medians.
@@ -77,8 +73,6 @@ pub fn summarize(rounds: &[Round]) -> Summary {
         rate: median(&rates),
         p50_ms: median(&p50),
         p99_ms: median(&p99),
-        rounds: rounds.len(),
-        ops: rounds.first().map_or(0, |r| r.ops),
     }
 }
 
