@@ -117,6 +117,22 @@ struct IssuerSet {
     by_id: HashMap<String, Arc<LoadedIssuer>>,
 }
 
+impl IssuerSet {
+    /// The loaded issuers, checking that the active one is among them.
+    fn from_loaded(active: String, issuers: Vec<LoadedIssuer>) -> Result<Self, CaError> {
+        let by_id: HashMap<_, _> = issuers
+            .into_iter()
+            .map(|i| (i.id.clone(), Arc::new(i)))
+            .collect();
+        if !by_id.contains_key(&active) {
+            return Err(CaError::Unavailable(format!(
+                "active issuer {active} has no keys"
+            )));
+        }
+        Ok(Self { active, by_id })
+    }
+}
+
 /// The authority.
 pub struct Authority {
     store: Arc<dyn Store>,
@@ -219,20 +235,7 @@ impl Authority {
     ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<String>), CaError> {
         let mac = TicketMac::new(&pki.pepper).map_err(CaError::internal)?;
         let url_base = pki.url_base.clone();
-        let set = IssuerSet {
-            active: pki.active_issuer_id.clone(),
-            by_id: pki
-                .issuers
-                .into_iter()
-                .map(|i| (i.id.clone(), Arc::new(i)))
-                .collect(),
-        };
-        if !set.by_id.contains_key(&set.active) {
-            return Err(CaError::Unavailable(format!(
-                "active issuer {} has no keys",
-                set.active
-            )));
-        }
+        let set = IssuerSet::from_loaded(pki.active_issuer_id, pki.issuers)?;
         let ocsp = OcspResponder::new(
             responder_issuers(&set)?,
             Duration::hours(i64::from(policy.ocsp.validity_hours)),
@@ -539,7 +542,8 @@ impl Authority {
                 target: format!("ticket:{}", req.number),
                 detail: String::new(),
             };
-            let _ = blocking(move || store.append_audit(event).map(|_| ()).map_err(store_err)).await;
+            let _ =
+                blocking(move || store.append_audit(event).map(|_| ()).map_err(store_err)).await;
             tracing::info!(ticket = %req.number, outcome = "unknown_number", "redemption refused");
             return Err(CaError::BadTicketCredentials);
         };
@@ -1234,17 +1238,7 @@ impl Authority {
         let dir = self.data_dir.clone();
         let pass = Arc::clone(passphrase);
         let pki = blocking(move || pki::load(&dir, &pass).map_err(CaError::internal)).await?;
-        let set = IssuerSet {
-            active: pki.active_issuer_id.clone(),
-            by_id: pki
-                .issuers
-                .into_iter()
-                .map(|i| (i.id.clone(), Arc::new(i)))
-                .collect(),
-        };
-        if !set.by_id.contains_key(&set.active) {
-            return Err(CaError::Unavailable("active issuer has no keys".into()));
-        }
+        let set = IssuerSet::from_loaded(pki.active_issuer_id, pki.issuers)?;
         self.ocsp
             .set_issuers(responder_issuers(&set)?)
             .map_err(CaError::internal)?;

@@ -476,18 +476,6 @@ fn write_file(dir: &Path, name: &str, data: &[u8], private: bool) -> Result<Path
     Ok(path)
 }
 
-fn pem_cert(der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
-}
-
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
@@ -824,10 +812,14 @@ async fn ticket(t: TicketCommand) -> Result<(), CliError> {
             written.push(write_file(
                 &a.out,
                 "certificate.pem",
-                pem_cert(&r.certificate_der).as_bytes(),
+                crate::pki::pem_encode("CERTIFICATE", &r.certificate_der).as_bytes(),
                 false,
             )?);
-            let chain: String = r.chain_der.iter().map(|d| pem_cert(d)).collect();
+            let chain: String = r
+                .chain_der
+                .iter()
+                .map(|d| crate::pki::pem_encode("CERTIFICATE", d))
+                .collect();
             written.push(write_file(&a.out, "chain.pem", chain.as_bytes(), false)?);
             if a.client.json {
                 print_json(

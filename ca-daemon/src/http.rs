@@ -56,39 +56,34 @@ fn http_date(t: OffsetDateTime) -> Option<HeaderValue> {
     HeaderValue::from_str(&s.replace("+0000", "GMT")).ok()
 }
 
+fn crl_headers(cache_control: &'static str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/pkix-crl"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control),
+    );
+    h
+}
+
 async fn crl(State(a): State<Arc<Authority>>, Path(file): Path<String>) -> Response {
     let Some(id) = file.strip_suffix(".crl") else {
         return (StatusCode::NOT_FOUND, "no such CRL\n").into_response();
     };
     if id == "root" {
         return match a.root_crl() {
-            Some(der) => {
-                let mut h = HeaderMap::new();
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/pkix-crl"),
-                );
-                h.insert(
-                    header::CACHE_CONTROL,
-                    HeaderValue::from_static("public, max-age=3600"),
-                );
-                (h, der).into_response()
-            }
+            // Signed only when the root key is unsealed (init, rotation): rarely changes.
+            Some(der) => (crl_headers("public, max-age=3600"), der).into_response(),
             None => (StatusCode::NOT_FOUND, "no root CRL published\n").into_response(),
         };
     }
     match a.crl(id).await {
         Ok(c) => {
-            let mut h = HeaderMap::new();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/pkix-crl"),
-            );
             // A fresh CRL can appear at any revocation; caches should revalidate soon.
-            h.insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("public, max-age=60, must-revalidate"),
-            );
+            let mut h = crl_headers("public, max-age=60, must-revalidate");
             if let Some(v) = http_date(c.this_update) {
                 h.insert(header::LAST_MODIFIED, v);
             }
@@ -147,22 +142,13 @@ async fn ocsp_get(State(a): State<Arc<Authority>>, Path(req): Path<String>) -> R
     }
 }
 
-fn pem(der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
-}
-
 async fn chain_pem(State(a): State<Arc<Authority>>) -> Response {
     match a.ca_chain().await {
         Ok(chain) => {
-            let body: String = chain.iter().map(|d| pem(d)).collect();
+            let body: String = chain
+                .iter()
+                .map(|d| crate::pki::pem_encode("CERTIFICATE", d))
+                .collect();
             (
                 [(header::CONTENT_TYPE, "application/pem-certificate-chain")],
                 body,
