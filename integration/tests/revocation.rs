@@ -170,7 +170,11 @@ fn canonical_hex(raw: &[u8]) -> String {
 fn crl_summary(der: &[u8]) -> CrlSummary {
     let (rest, crl) = x509_parser::parse_x509_crl(der)
         .unwrap_or_else(|e| panic!("CRL ({} bytes) does not parse: {e}", der.len()));
-    assert!(rest.is_empty(), "{} trailing bytes after the CRL", rest.len());
+    assert!(
+        rest.is_empty(),
+        "{} trailing bytes after the CRL",
+        rest.len()
+    );
     let number = crl
         .crl_number()
         .map(|n| {
@@ -311,12 +315,18 @@ async fn revoked_serial_reaches_http_and_grpc_crls_and_numbers_survive_restart()
     write_pems(&d, dir, &bundle).await;
     let mut certs = d.certificates("portal").await.expect("certificates client");
     let issuer_id = get_certificate(&mut certs, &serial).await.issuer_id;
-    assert!(!issuer_id.is_empty(), "certificate {serial} has no issuer id");
+    assert!(
+        !issuer_id.is_empty(),
+        "certificate {serial} has no issuer id"
+    );
 
     let (code, _, before) = http_get_full(d.http, "/crl/active.crl");
     assert_eq!(code, 200, "GET /crl/active.crl before the revocation");
     let before = crl_summary(&before);
-    assert!(!before.serials.contains(&serial), "{serial} on the CRL before Revoke");
+    assert!(
+        !before.serials.contains(&serial),
+        "{serial} on the CRL before Revoke"
+    );
     let mut max_number = before.number;
 
     // Revoke with a reason and an invalidity date (whole seconds: that is what the CRL keeps).
@@ -335,7 +345,11 @@ async fn revoked_serial_reaches_http_and_grpc_crls_and_numbers_survive_restart()
         .into_inner()
         .revoked_serials;
     let acked = Instant::now();
-    assert_eq!(revoked, vec![serial.clone()], "Revoke returns the one serial");
+    assert_eq!(
+        revoked,
+        vec![serial.clone()],
+        "Revoke returns the one serial"
+    );
 
     // Poll the HTTP CRL until the serial shows.
     let crl_der = loop {
@@ -375,7 +389,10 @@ async fn revoked_serial_reaches_http_and_grpc_crls_and_numbers_survive_restart()
         "content type of /crl/{issuer_id}.crl: {head}"
     );
     let by_id = crl_summary(&by_id);
-    assert!(by_id.serials.contains(&serial), "{serial} not on /crl/{issuer_id}.crl");
+    assert!(
+        by_id.serials.contains(&serial),
+        "{serial} not on /crl/{issuer_id}.crl"
+    );
     max_number = max_number.max(by_id.number);
 
     // And over gRPC, for the active issuer (empty id) and by id.
@@ -391,7 +408,10 @@ async fn revoked_serial_reaches_http_and_grpc_crls_and_numbers_survive_restart()
         assert_eq!(crl.issuer_id, issuer_id, "GetCrl {id:?} names its issuer");
         let s = crl_summary(&crl.der);
         assert!(s.serials.contains(&serial), "{serial} not on GetCrl {id:?}");
-        assert_eq!(s.number, crl.number, "GetCrl number field = the CRL's extension");
+        assert_eq!(
+            s.number, crl.number,
+            "GetCrl number field = the CRL's extension"
+        );
         max_number = max_number.max(s.number);
     }
 
@@ -401,14 +421,29 @@ async fn revoked_serial_reaches_http_and_grpc_crls_and_numbers_survive_restart()
         let out = openssl(
             dir,
             &[
-                "crl", "-inform", "DER", "-in", "issuer.crl", "-CAfile", "ca.pem", "-noout",
+                "crl",
+                "-inform",
+                "DER",
+                "-in",
+                "issuer.crl",
+                "-CAfile",
+                "ca.pem",
+                "-noout",
                 "-verify",
             ],
         );
         assert_output("openssl crl -verify", &out, &["verify OK"]);
         let out = openssl(
             dir,
-            &["crl", "-inform", "DER", "-in", "issuer.crl", "-noout", "-text"],
+            &[
+                "crl",
+                "-inform",
+                "DER",
+                "-in",
+                "issuer.crl",
+                "-noout",
+                "-text",
+            ],
         );
         let fmt = time::macros::format_description!(
             "[month repr:short] [day padding:space] [hour]:[minute]:[second] [year] GMT"
@@ -486,7 +521,14 @@ async fn revoked_serial_reaches_http_and_grpc_crls_and_numbers_survive_restart()
 fn ocsp_post(dir: &Path, http: SocketAddr, extra: &[&str]) -> Output {
     let url = format!("http://{http}/ocsp");
     let mut args = vec![
-        "ocsp", "-issuer", "issuer.pem", "-url", &url, "-CAfile", "ca.pem", "-resp_text",
+        "ocsp",
+        "-issuer",
+        "issuer.pem",
+        "-url",
+        &url,
+        "-CAfile",
+        "ca.pem",
+        "-resp_text",
     ];
     args.extend_from_slice(extra);
     openssl(dir, &args)
@@ -554,21 +596,32 @@ async fn ocsp_good_revoked_unknown_malformed_over_post_get_and_grpc() {
         let out = openssl(
             dir,
             &[
-                "ocsp", "-issuer", "issuer.pem", "-cert", "leaf.pem", "-no_nonce", "-reqout",
+                "ocsp",
+                "-issuer",
+                "issuer.pem",
+                "-cert",
+                "leaf.pem",
+                "-no_nonce",
+                "-reqout",
                 "req.der",
             ],
         );
-        assert!(out.status.success(), "openssl ocsp -reqout:\n{}", text(&out));
+        assert!(
+            out.status.success(),
+            "openssl ocsp -reqout:\n{}",
+            text(&out)
+        );
     }
 
     // Good, over POST (with a nonce, openssl's default).
     if openssl_ok {
-        let out = ocsp_post(dir, d.http, &["-cert", "leaf.pem"]);
+        let out = ocsp_post(dir, d.http, &["-cert", "leaf.pem", "-respout", "good.der"]);
         assert_output(
             "openssl ocsp (fresh certificate)",
             &out,
             &["leaf.pem: good", "Response verify OK"],
         );
+        pkilint_clean("lint_ocsp_response", &[], &dir.join("good.der"));
         // Good, over GET (RFC 5019: base64 of the DER request, URL-encoded).
         let req = std::fs::read(dir.join("req.der")).expect("read req.der");
         let b64 = base64::engine::general_purpose::STANDARD.encode(&req);
@@ -649,7 +702,10 @@ async fn ocsp_good_revoked_unknown_malformed_over_post_get_and_grpc() {
         "CheckStatus after Revoke: {st:?}"
     );
     assert_eq!(st.reason, v1::RevocationReason::KeyCompromise as i32);
-    assert!(st.revoked_at.is_some(), "CheckStatus REVOKED without revoked_at");
+    assert!(
+        st.revoked_at.is_some(),
+        "CheckStatus REVOKED without revoked_at"
+    );
 
     if openssl_ok {
         // The pre-signed response is re-signed on change; allow the same time as the CRL.
@@ -667,7 +723,11 @@ async fn ocsp_good_revoked_unknown_malformed_over_post_get_and_grpc() {
         assert_output(
             "openssl ocsp (revoked certificate)",
             &out,
-            &["leaf.pem: revoked", "Reason: keyCompromise", "Response verify OK"],
+            &[
+                "leaf.pem: revoked",
+                "Reason: keyCompromise",
+                "Response verify OK",
+            ],
         );
         println!(
             "OCSP says revoked {} ms after the Revoke ack",
@@ -764,14 +824,20 @@ async fn revoking_a_facility_person_or_device_revokes_exactly_theirs() {
         v1::RevocationReason::CessationOfOperation,
     )
     .await;
-    assert_eq!(got, serials(&["DA1", "DA2", "DA3"]), "Revoke{{facility FAC-A}}");
+    assert_eq!(
+        got,
+        serials(&["DA1", "DA2", "DA3"]),
+        "Revoke{{facility FAC-A}}"
+    );
     assert_eq!(
         list_serials(&mut certs, list_req("FAC-A", "", "")).await,
         got,
         "ListCertificates(FAC-A, REVOKED)"
     );
     assert!(
-        list_serials(&mut certs, list_req("FAC-B", "", "")).await.is_empty(),
+        list_serials(&mut certs, list_req("FAC-B", "", ""))
+            .await
+            .is_empty(),
         "FAC-B has revoked certificates"
     );
     let other = get_certificate(&mut certs, &serial_of["DB1"]).await;
@@ -790,7 +856,9 @@ async fn revoking_a_facility_person_or_device_revokes_exactly_theirs() {
             v1::RevocationReason::CessationOfOperation as i32,
             "{s} reason"
         );
-        let at = c.revoked_at.unwrap_or_else(|| panic!("{s} has no revoked_at"));
+        let at = c
+            .revoked_at
+            .unwrap_or_else(|| panic!("{s} has no revoked_at"));
         first.insert(s.clone(), at);
     }
 
@@ -811,7 +879,11 @@ async fn revoking_a_facility_person_or_device_revokes_exactly_theirs() {
         v1::RevocationReason::KeyCompromise,
     )
     .await;
-    assert_eq!(again_one, BTreeSet::from([one]), "revoking a revoked serial");
+    assert_eq!(
+        again_one,
+        BTreeSet::from([one]),
+        "revoking a revoked serial"
+    );
     for (s, at) in &first {
         let c = get_certificate(&mut certs, s).await;
         assert_eq!(c.revoked_at.as_ref(), Some(at), "{s}: revoked_at changed");
@@ -884,7 +956,10 @@ async fn revoke_and_watch(
     after_number: u64,
     limit: Duration,
 ) -> (v1::Crl, Duration) {
-    let mut certs = d.certificates("ops").await.expect("certificates client as ops");
+    let mut certs = d
+        .certificates("ops")
+        .await
+        .expect("certificates client as ops");
     let revoked = revoke(
         &mut certs,
         v1::revoke_request::Target::Serial(serial.to_owned()),
@@ -913,7 +988,10 @@ async fn revoke_and_watch(
 async fn watch_crl_sends_current_then_new_crl_within_a_second() {
     let d = Daemon::start().expect("daemon starts");
     let bundle = redeem(&d, 4).await;
-    let mut rev = d.revocation("gateway").await.expect("revocation client as gateway");
+    let mut rev = d
+        .revocation("gateway")
+        .await
+        .expect("revocation client as gateway");
     let current = rev
         .get_crl(v1::GetCrlRequest::default())
         .await
@@ -1011,7 +1089,10 @@ fn seed_revoked(store_dir: &Path, issuer_id: &str, facility: &str, count: usize)
             redeemed_serial: None,
         };
         store
-            .create_ticket(&ticket, AuditEvent::new("test:seed", "ticket.create", &number, ""))
+            .create_ticket(
+                &ticket,
+                AuditEvent::new("test:seed", "ticket.create", &number, ""),
+            )
             .unwrap_or_else(|e| panic!("seed ticket {number}: {e}"));
         let e = enrollee(i);
         let cert = CertRecord {
@@ -1091,17 +1172,20 @@ async fn crl_with_ten_thousand_entries_republishes_quickly() {
 
     let started = Instant::now();
     let store_dir = d.data_dir.join("store");
-    let seeded = tokio::task::block_in_place(|| {
-        seed_revoked(&store_dir, &issuer_id, "FSEED", SEEDED)
-    });
+    let seeded =
+        tokio::task::block_in_place(|| seed_revoked(&store_dir, &issuer_id, "FSEED", SEEDED));
     println!(
         "seeded {} revoked certificates in {} ms",
         seeded.len(),
         started.elapsed().as_millis()
     );
-    d.start_again().expect("daemon starts again on the seeded store");
+    d.start_again()
+        .expect("daemon starts again on the seeded store");
 
-    let mut rev = d.revocation("gateway").await.expect("revocation client as gateway");
+    let mut rev = d
+        .revocation("gateway")
+        .await
+        .expect("revocation client as gateway");
     let mut stream = rev
         .watch_crl(v1::WatchCrlRequest {
             issuer_id: issuer_id.clone(),
@@ -1110,14 +1194,8 @@ async fn crl_with_ten_thousand_entries_republishes_quickly() {
         .expect("WatchCrl")
         .into_inner();
     let first = next_crl(&mut stream, Duration::from_secs(10)).await;
-    let (crl, took) = revoke_and_watch(
-        &d,
-        &mut stream,
-        &bundle.serial,
-        first.number,
-        BIG_CRL_REACH,
-    )
-    .await;
+    let (crl, took) =
+        revoke_and_watch(&d, &mut stream, &bundle.serial, first.number, BIG_CRL_REACH).await;
     println!(
         "CRL {} ({} bytes, {} entries) on WatchCrl {} ms after the Revoke ack",
         crl.number,
@@ -1146,12 +1224,19 @@ async fn crl_with_ten_thousand_entries_republishes_quickly() {
             .filter(|l| l.trim_start().starts_with("Serial Number:"))
             .count();
         assert_eq!(listed, SEEDED + 1, "entries openssl lists");
-        write(tmp.path(), "ca.pem", chain(&d).await.iter().map(|c| cert_pem(c)).collect::<String>());
+        write(
+            tmp.path(),
+            "ca.pem",
+            chain(&d)
+                .await
+                .iter()
+                .map(|c| cert_pem(c))
+                .collect::<String>(),
+        );
         let out = openssl(
             tmp.path(),
             &[
-                "crl", "-inform", "DER", "-in", "big.crl", "-CAfile", "ca.pem", "-noout",
-                "-verify",
+                "crl", "-inform", "DER", "-in", "big.crl", "-CAfile", "ca.pem", "-noout", "-verify",
             ],
         );
         assert_output("openssl crl -verify (10,001 entries)", &out, &["verify OK"]);
