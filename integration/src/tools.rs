@@ -55,16 +55,27 @@ pub fn pkilint(tool: &str, extra: &[&str], file: &Path) -> Vec<String> {
         .arg(file);
     let out = run(&mut cmd);
     let t = text(&out);
-    t.lines()
+    let mut findings: Vec<String> = t
+        .lines()
         .filter(|l| {
             l.contains("(WARNING)")
                 || l.contains("(ERROR)")
                 || l.contains("(FATAL)")
                 || l.contains("Traceback")
+                || l.contains("Failed to")
         })
         .filter(|l| !ALLOWED_PKILINT.iter().any(|a| l.contains(a)))
         .map(str::to_string)
-        .collect()
+        .collect();
+    // pkilint's exit code counts findings at or above the threshold; a non-zero exit with no
+    // finding line at all means it could not read the input: never report that as clean.
+    let any_finding_line = t
+        .lines()
+        .any(|l| l.contains("(WARNING)") || l.contains("(ERROR)"));
+    if !out.status.success() && !any_finding_line && findings.is_empty() {
+        findings.push(format!("{tool} failed without findings: {}", t.trim()));
+    }
+    findings
 }
 
 /// Whether `program` (a path or a name on `PATH`) can be started with `probe` arguments.

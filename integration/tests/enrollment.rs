@@ -72,7 +72,12 @@ async fn create_ticket(
     Ok(r)
 }
 
-fn redeem_req(number: &str, password: &str, os: v1::TargetOs, profile: &str) -> v1::RedeemTicketRequest {
+fn redeem_req(
+    number: &str,
+    password: &str,
+    os: v1::TargetOs,
+    profile: &str,
+) -> v1::RedeemTicketRequest {
     v1::RedeemTicketRequest {
         number: number.to_string(),
         password: password.to_string(),
@@ -182,7 +187,11 @@ struct Written {
     response_root_pem: PathBuf,
 }
 
-fn write_bundle(dir: &Path, resp: &v1::RedeemTicketResponse, password: &str) -> std::io::Result<Written> {
+fn write_bundle(
+    dir: &Path,
+    resp: &v1::RedeemTicketResponse,
+    password: &str,
+) -> std::io::Result<Written> {
     std::fs::create_dir_all(dir)?;
     let p12 = dir.join(&resp.file_name);
     std::fs::write(&p12, &resp.pkcs12)?;
@@ -227,7 +236,11 @@ fn check_bundle(
     root_der: &[u8],
 ) {
     let label = format!("profile {}", case.profile);
-    let facility = req.facility.as_ref().map(|f| f.name.clone()).unwrap_or_default();
+    let facility = req
+        .facility
+        .as_ref()
+        .map(|f| f.name.clone())
+        .unwrap_or_default();
 
     // --- the response itself
     assert!(
@@ -236,7 +249,10 @@ fn check_bundle(
         resp.file_name,
         case.ext
     );
-    assert_eq!(resp.media_type, "application/x-pkcs12", "{label}: media_type");
+    assert_eq!(
+        resp.media_type, "application/x-pkcs12",
+        "{label}: media_type"
+    );
     assert_eq!(
         !resp.mobileconfig.is_empty(),
         case.apple,
@@ -249,9 +265,16 @@ fn check_bundle(
             resp.mobileconfig_file_name
         );
     } else {
-        assert!(resp.mobileconfig_file_name.is_empty(), "{label}: mobileconfig_file_name");
+        assert!(
+            resp.mobileconfig_file_name.is_empty(),
+            "{label}: mobileconfig_file_name"
+        );
     }
-    assert_eq!(resp.chain_der.len(), 2, "{label}: chain_der must be [issuer, root]");
+    assert_eq!(
+        resp.chain_der.len(),
+        2,
+        "{label}: chain_der must be [issuer, root]"
+    );
     assert_eq!(
         resp.chain_der.last().map(Vec::as_slice),
         Some(root_der),
@@ -292,7 +315,10 @@ fn check_bundle(
             ]
         };
         for e in &expected {
-            assert!(text.contains(e.as_str()), "{label}: openssl output lacks {e:?}:\n{text}");
+            assert!(
+                text.contains(e.as_str()),
+                "{label}: openssl output lacks {e:?}:\n{text}"
+            );
         }
         assert!(!text.contains("RC2"), "{label}: RC2 in the bundle:\n{text}");
         assert_eq!(
@@ -305,7 +331,10 @@ fn check_bundle(
             1,
             "{label}: one private key expected:\n{text}"
         );
-        assert!(text.contains("friendlyName"), "{label}: no friendlyName:\n{text}");
+        assert!(
+            text.contains("friendlyName"),
+            "{label}: no friendlyName:\n{text}"
+        );
 
         let (ok, text) = run_text(
             Command::new("openssl")
@@ -314,7 +343,10 @@ fn check_bundle(
                 .arg("-passin")
                 .arg(format!("file:{}", w.wrong_password_file.display())),
         );
-        assert!(!ok, "{label}: openssl opened the bundle with a wrong password:\n{text}");
+        assert!(
+            !ok,
+            "{label}: openssl opened the bundle with a wrong password:\n{text}"
+        );
 
         // --- openssl verify, with the root of the response and the root of the dev dir
         for root in [w.response_root_pem.as_path(), root_file] {
@@ -370,7 +402,10 @@ fn check_bundle(
         }
         let out = tools::run(&mut cmd);
         let text = tools::text(&out);
-        assert!(out.status.success(), "{label}: check_bundle.py failed:\n{text}");
+        assert!(
+            out.status.success(),
+            "{label}: check_bundle.py failed:\n{text}"
+        );
         let facts: serde_json::Value = match serde_json::from_slice(&out.stdout) {
             Ok(v) => v,
             Err(e) => panic!("{label}: check_bundle.py printed no JSON ({e}):\n{text}"),
@@ -382,8 +417,15 @@ fn check_bundle(
             "{label}: the bundle's leaf is not certificate_der"
         );
         assert_eq!(s(&facts["key_type"]), "EC", "{label}: key type: {text}");
-        assert_eq!(s(&facts["key_curve"]), "secp256r1", "{label}: curve: {text}");
-        assert_eq!(facts["key_matches_leaf"], true, "{label}: the key does not match the leaf");
+        assert_eq!(
+            s(&facts["key_curve"]),
+            "secp256r1",
+            "{label}: curve: {text}"
+        );
+        assert_eq!(
+            facts["key_matches_leaf"], true,
+            "{label}: the key does not match the leaf"
+        );
         let subject = &facts["subject"];
         for (attr, want) in [
             ("C", "JP"),
@@ -408,11 +450,18 @@ fn check_bundle(
             .map(|a| a.iter().map(|c| s(&c["der"])).collect())
             .unwrap_or_default();
         let chain: BTreeSet<String> = resp.chain_der.iter().map(hex::encode).collect();
-        assert_eq!(additional, chain, "{label}: the bundle's chain differs from chain_der");
+        assert_eq!(
+            additional, chain,
+            "{label}: the bundle's chain differs from chain_der"
+        );
 
         if case.apple {
             let mc = &facts["mobileconfig"];
-            assert_eq!(s(&mc["payload_type"]), "Configuration", "{label}: mobileconfig: {mc}");
+            assert_eq!(
+                s(&mc["payload_type"]),
+                "Configuration",
+                "{label}: mobileconfig: {mc}"
+            );
             let types: Vec<String> = mc["payloads"]
                 .as_array()
                 .map(|a| a.iter().map(|p| s(&p["type"])).collect())
@@ -472,7 +521,14 @@ async fn every_keystore_profile_is_read_by_openssl_keytool_and_python() -> TestR
         let resp = enr
             .redeem_ticket(redeem_req(&t.number, &t.password, case.os, case.profile))
             .await
-            .map_err(|s| format!("redeem for {}: {:?}: {}", case.profile, s.code(), s.message()))?
+            .map_err(|s| {
+                format!(
+                    "redeem for {}: {:?}: {}",
+                    case.profile,
+                    s.code(),
+                    s.message()
+                )
+            })?
             .into_inner();
         let w = write_bundle(&tmp.path().join(case.profile), &resp, &t.password)?;
         redeemed.push((case, req, resp, w));
@@ -495,7 +551,9 @@ async fn every_keystore_profile_is_read_by_openssl_keytool_and_python() -> TestR
 /// Writes an ACTIVE ticket whose `expires_at` has passed into the (stopped) daemon's store,
 /// through the library, as the daemon would have written it 15 days ago.
 fn insert_expired_ticket(data_dir: &Path) -> Result<(String, String), Box<dyn std::error::Error>> {
-    use ca_daemon::store::{AuditEvent, RECORD_VERSION, SledStore, Store, TicketRecord, TicketState};
+    use ca_daemon::store::{
+        AuditEvent, RECORD_VERSION, SledStore, Store, TicketRecord, TicketState,
+    };
     let passphrase =
         ca_daemon::keys::Passphrase::from_file(&ca_daemon::pki::dev_passphrase_path(data_dir))?;
     let pki = ca_daemon::pki::load(data_dir, &passphrase)?;
@@ -556,8 +614,13 @@ async fn tickets_are_single_use_lock_expire_and_cancel() -> TestResult {
     issued.add(&exp_number, &exp_password);
 
     let s = refused(
-        enr.redeem_ticket(redeem_req(&exp_number, &exp_password, v1::TargetOs::Android, ""))
-            .await,
+        enr.redeem_ticket(redeem_req(
+            &exp_number,
+            &exp_password,
+            v1::TargetOs::Android,
+            "",
+        ))
+        .await,
         "redeeming an expired ticket",
     );
     assert_code(&s, Code::FailedPrecondition, "expired ticket");
@@ -567,18 +630,36 @@ async fn tickets_are_single_use_lock_expire_and_cancel() -> TestResult {
         s.message()
     );
     let t = ticket_state(&mut enr, &exp_number).await?;
-    assert_eq!(t.state(), v1::TicketState::Expired, "GetTicket of the expired ticket");
+    assert_eq!(
+        t.state(),
+        v1::TicketState::Expired,
+        "GetTicket of the expired ticket"
+    );
 
     // --- redeems once
     let t = create_ticket(&mut enr, &mut issued, 1, v1::TargetOs::Android).await?;
     let first = enr
-        .redeem_ticket(redeem_req(&t.number, &t.password, v1::TargetOs::Unspecified, ""))
+        .redeem_ticket(redeem_req(
+            &t.number,
+            &t.password,
+            v1::TargetOs::Unspecified,
+            "",
+        ))
         .await?
         .into_inner();
-    assert!(first.file_name.ends_with(".p12"), "device OS (android) used: {}", first.file_name);
+    assert!(
+        first.file_name.ends_with(".p12"),
+        "device OS (android) used: {}",
+        first.file_name
+    );
     let s = refused(
-        enr.redeem_ticket(redeem_req(&t.number, &t.password, v1::TargetOs::Unspecified, ""))
-            .await,
+        enr.redeem_ticket(redeem_req(
+            &t.number,
+            &t.password,
+            v1::TargetOs::Unspecified,
+            "",
+        ))
+        .await,
         "second redemption",
     );
     assert_code(&s, Code::FailedPrecondition, "second redemption");
@@ -635,7 +716,11 @@ async fn tickets_are_single_use_lock_expire_and_cancel() -> TestResult {
         })
         .await?
         .into_inner();
-    let serials: Vec<&str> = list.certificates.iter().map(|c| c.serial.as_str()).collect();
+    let serials: Vec<&str> = list
+        .certificates
+        .iter()
+        .map(|c| c.serial.as_str())
+        .collect();
     assert_eq!(
         serials,
         vec![ok[0].serial.as_str()],
@@ -646,8 +731,13 @@ async fn tickets_are_single_use_lock_expire_and_cancel() -> TestResult {
     let t = create_ticket(&mut enr, &mut issued, 5, v1::TargetOs::Ios).await?;
     for i in 1..=5 {
         let s = refused(
-            enr.redeem_ticket(redeem_req(&t.number, &wrong(&t.password), v1::TargetOs::Ios, ""))
-                .await,
+            enr.redeem_ticket(redeem_req(
+                &t.number,
+                &wrong(&t.password),
+                v1::TargetOs::Ios,
+                "",
+            ))
+            .await,
             "wrong password",
         );
         assert_code(&s, Code::Unauthenticated, &format!("wrong password #{i}"));
@@ -659,7 +749,11 @@ async fn tickets_are_single_use_lock_expire_and_cancel() -> TestResult {
     );
     assert_ne!(s.code(), Code::Ok);
     let locked = ticket_state(&mut enr, &t.number).await?;
-    assert_eq!(locked.state(), v1::TicketState::Locked, "after 5 wrong passwords: {locked:?}");
+    assert_eq!(
+        locked.state(),
+        v1::TicketState::Locked,
+        "after 5 wrong passwords: {locked:?}"
+    );
     assert_eq!(locked.failed_attempts, 5, "{locked:?}");
 
     // --- unknown number and wrong password: the same answer
@@ -675,8 +769,13 @@ async fn tickets_are_single_use_lock_expire_and_cancel() -> TestResult {
         "unknown number",
     );
     let by_wrong = refused(
-        enr.redeem_ticket(redeem_req(&t.number, &wrong(&t.password), v1::TargetOs::Android, ""))
-            .await,
+        enr.redeem_ticket(redeem_req(
+            &t.number,
+            &wrong(&t.password),
+            v1::TargetOs::Android,
+            "",
+        ))
+        .await,
         "wrong password",
     );
     assert_eq!(
@@ -700,8 +799,13 @@ async fn tickets_are_single_use_lock_expire_and_cancel() -> TestResult {
         .into_inner();
     assert_eq!(c.state(), v1::TicketState::Cancelled, "{c:?}");
     let s = refused(
-        enr.redeem_ticket(redeem_req(&t.number, &t.password, v1::TargetOs::Android, ""))
-            .await,
+        enr.redeem_ticket(redeem_req(
+            &t.number,
+            &t.password,
+            v1::TargetOs::Android,
+            "",
+        ))
+        .await,
         "redeeming a cancelled ticket",
     );
     assert_code(&s, Code::FailedPrecondition, "cancelled ticket");
@@ -762,7 +866,8 @@ fn foreign_ops_identity() -> Result<(Vec<u8>, Vec<u8>), rcgen::Error> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
     let now = time::OffsetDateTime::now_utc();
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name.push(DnType::CommonName, "Rogue service CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "Rogue service CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.not_before = now - time::Duration::hours(1);
     ca.not_after = now + time::Duration::days(30);
@@ -783,7 +888,10 @@ fn foreign_ops_identity() -> Result<(Vec<u8>, Vec<u8>), rcgen::Error> {
 fn device_identity(w: &Written) -> Result<(Vec<u8>, Vec<u8>), Box<dyn std::error::Error>> {
     let cert = w.dir.join("device-cert.pem");
     let key = w.dir.join("device-key.pem");
-    for (extra, out) in [(&["-nokeys", "-clcerts"][..], &cert), (&["-nocerts", "-nodes"][..], &key)] {
+    for (extra, out) in [
+        (&["-nokeys", "-clcerts"][..], &cert),
+        (&["-nocerts", "-nodes"][..], &key),
+    ] {
         let (ok, text) = run_text(
             Command::new("openssl")
                 .args(["pkcs12", "-in"])
@@ -799,7 +907,11 @@ fn device_identity(w: &Written) -> Result<(Vec<u8>, Vec<u8>), Box<dyn std::error
     Ok((std::fs::read(cert)?, std::fs::read(key)?))
 }
 
-fn assert_invalid<T: Debug>(r: Result<tonic::Response<T>, Status>, field: &str, secret: Option<&str>) {
+fn assert_invalid<T: Debug>(
+    r: Result<tonic::Response<T>, Status>,
+    field: &str,
+    secret: Option<&str>,
+) {
     let s = refused(r, &format!("invalid {field}"));
     assert_code(&s, Code::InvalidArgument, &format!("invalid {field}"));
     assert!(
@@ -808,7 +920,11 @@ fn assert_invalid<T: Debug>(r: Result<tonic::Response<T>, Status>, field: &str, 
         s.message()
     );
     if let Some(secret) = secret {
-        assert!(!s.message().contains(secret), "the message echoes the value: {}", s.message());
+        assert!(
+            !s.message().contains(secret),
+            "the message echoes the value: {}",
+            s.message()
+        );
     }
 }
 
@@ -820,7 +936,10 @@ async fn mtls_edge_refuses_strangers_and_roles_and_validates_fields() -> TestRes
     let mut issued = Issued::default();
 
     // Control: the dev portal certificate through the same path is answered.
-    let portal = (std::fs::read(dev.join("portal.crt"))?, std::fs::read(dev.join("portal.key"))?);
+    let portal = (
+        std::fs::read(dev.join("portal.crt"))?,
+        std::fs::read(dev.join("portal.key"))?,
+    );
     let control = call_with(&d, Some(portal), &ca).await;
     assert!(
         matches!(control, Outcome::Answered),
@@ -837,14 +956,22 @@ async fn mtls_edge_refuses_strangers_and_roles_and_validates_fields() -> TestRes
     let mut enr = d.enrollment("portal").await?;
     let t = create_ticket(&mut enr, &mut issued, 40, v1::TargetOs::Android).await?;
     let resp = enr
-        .redeem_ticket(redeem_req(&t.number, &t.password, v1::TargetOs::Android, ""))
+        .redeem_ticket(redeem_req(
+            &t.number,
+            &t.password,
+            v1::TargetOs::Android,
+            "",
+        ))
         .await?
         .into_inner();
     let tmp = tempfile::tempdir()?;
     let w = write_bundle(tmp.path(), &resp, &t.password)?;
     if tools::require_openssl() {
         let device = device_identity(&w)?;
-        assert_handshake_refused(call_with(&d, Some(device), &ca).await, "a device certificate");
+        assert_handshake_refused(
+            call_with(&d, Some(device), &ca).await,
+            "a device certificate",
+        );
     }
 
     // Roles: the gateway may read CRLs but not create tickets.
@@ -900,8 +1027,13 @@ async fn mtls_edge_refuses_strangers_and_roles_and_validates_fields() -> TestRes
     req.os = 99;
     assert_invalid(enr.redeem_ticket(req).await, "os", None);
     assert_invalid(
-        enr.redeem_ticket(redeem_req("12345678", "pw-Geheim9", v1::TargetOs::Android, ""))
-            .await,
+        enr.redeem_ticket(redeem_req(
+            "12345678",
+            "pw-Geheim9",
+            v1::TargetOs::Android,
+            "",
+        ))
+        .await,
         "password",
         Some("Geheim9"),
     );

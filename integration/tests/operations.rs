@@ -1203,7 +1203,7 @@ fn exposition_parser_rejects_malformed_text() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_the_test_did() {
-    let daemon = Daemon::start_with(DaemonOptions {
+    let mut daemon = Daemon::start_with(DaemonOptions {
         metrics: true,
         ..DaemonOptions::default()
     })
@@ -1378,6 +1378,24 @@ async fn metrics_count_what_the_test_did() {
                 &[("method", "/ocsp")]
             )
             .is_some_and(|v| v >= 1.0)
+        );
+    }
+
+    // After a restart the CRL gauges are there at once (CRL-age alerts must not see a gap
+    // until the next publication, up to 16 h later), with the stored numbers.
+    daemon.restart().expect("daemon restarts");
+    let s = scrape(&daemon);
+    for i in list_issuers(&daemon).await {
+        assert_eq!(
+            metric(&s, "ca_crl_number", &[("issuer", &i.id)]),
+            Some(i.crl_number as f64),
+            "ca_crl_number of {} after a restart",
+            i.id
+        );
+        assert!(
+            metric(&s, "ca_crl_this_update_seconds", &[("issuer", &i.id)]).is_some(),
+            "ca_crl_this_update_seconds of {} after a restart",
+            i.id
         );
     }
 }
