@@ -1022,16 +1022,7 @@ impl Authority {
         .await?;
         tracing::info!(issuer = %record.issuer_id, number = record.number,
             elapsed_ms = started.elapsed().as_millis() as u64, "CRL published");
-        let label = metrics::IssuerLabel {
-            issuer: record.issuer_id.clone(),
-        };
-        let m = metrics::metrics();
-        m.crl_number
-            .get_or_create(&label)
-            .set(i64::try_from(record.number).unwrap_or(i64::MAX));
-        m.crl_this_update
-            .get_or_create(&label)
-            .set(record.this_update.unix_timestamp());
+        record_crl_metrics(&record);
         let record = Arc::new(record);
         self.crl_sender(&id).send_replace(Some(record.clone()));
         Ok(record)
@@ -1044,6 +1035,7 @@ impl Authority {
     pub async fn run_crl_publisher(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<String>) {
         let window = std::time::Duration::from_millis(u64::from(self.policy.crl.batch_window_ms));
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+        self.republish_if_behind().await;
         loop {
             tokio::select! {
                 first = rx.recv() => {
@@ -1061,6 +1053,46 @@ impl Authority {
                 }
                 _ = tick.tick() => {
                     self.scheduled_maintenance().await;
+                }
+            }
+        }
+    }
+
+    /// Republishes the CRL of every issuer whose stored CRL lists fewer revocations than the
+    /// store holds. A revocation is acknowledged once durable and reaches the CRL after the
+    /// batch window; a crash inside that window leaves the stored CRL behind the store, and
+    /// nothing else would republish it before the schedule does (hours later). Runs once when
+    /// the publisher starts, off the startup path. Revocations are never undone, so comparing
+    /// counts finds every such gap.
+    async fn republish_if_behind(self: &Arc<Self>) {
+        let ids: Vec<String> = self.issuer_set().by_id.keys().cloned().collect();
+        for id in ids {
+            let store = self.store.clone();
+            let id2 = id.clone();
+            let gap = blocking(move || {
+                let Some(crl) = store.latest_crl(&id2).map_err(store_err)? else {
+                    // No CRL yet: scheduled maintenance publishes the first one.
+                    return Ok(None);
+                };
+                let in_store = store.revocation_entries(&id2).map_err(store_err)?.len();
+                let on_crl = x509_parser::parse_x509_crl(&crl.der)
+                    .map(|(_, c)| c.iter_revoked_certificates().count())
+                    // A stored CRL that does not parse is replaced as well.
+                    .unwrap_or(usize::MAX);
+                Ok((in_store != on_crl).then_some((crl.number, in_store, on_crl)))
+            })
+            .await;
+            match gap {
+                Ok(None) => {}
+                Ok(Some((number, in_store, on_crl))) => {
+                    tracing::warn!(issuer = %id, crl_number = number, revoked = in_store,
+                        on_crl, "stored CRL is behind the revocations (crash before republication); republishing");
+                    if let Err(e) = self.publish_crl(&id, "daemon").await {
+                        tracing::error!(issuer = %id, error = %e, "CRL republication failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(issuer = %id, error = %e, "comparing the CRL with the store failed")
                 }
             }
         }
@@ -1134,6 +1166,8 @@ impl Authority {
                     tracing::error!(issuer = %id, error = %e, "scheduled CRL publication failed");
                 }
             } else if let Ok(Some(c)) = latest {
+                // After a restart the gauges start from the stored CRL, not from nothing.
+                record_crl_metrics(&c);
                 let sender = self.crl_sender(&id);
                 if sender.borrow().is_none() {
                     sender.send_replace(Some(Arc::new(c)));
@@ -1303,6 +1337,20 @@ impl Authority {
         blocking(move || store.append_audit(event).map(|_| ()).map_err(store_err)).await?;
         Ok(bytes)
     }
+}
+
+/// Sets the per-issuer CRL gauges (number, thisUpdate) from the latest CRL.
+fn record_crl_metrics(record: &CrlRecord) {
+    let label = metrics::IssuerLabel {
+        issuer: record.issuer_id.clone(),
+    };
+    let m = metrics::metrics();
+    m.crl_number
+        .get_or_create(&label)
+        .set(i64::try_from(record.number).unwrap_or(i64::MAX));
+    m.crl_this_update
+        .get_or_create(&label)
+        .set(record.this_update.unix_timestamp());
 }
 
 /// A fresh private directory under DATA_DIR/tmp for snapshots.

@@ -50,7 +50,7 @@ use base64::Engine as _;
 use const_oid::db::rfc5912::{ID_SHA_1, ID_SHA_256};
 use const_oid::db::rfc6960::ID_PKIX_OCSP_NONCE;
 use der::asn1::{BitString, GeneralizedTime, Null, OctetString};
-use der::{Decode, Encode};
+use der::{Decode, Encode, Tagged};
 use pki_policy::domain::RevocationReason;
 use rcgen::SigningKey;
 use sha1::Sha1;
@@ -456,6 +456,13 @@ struct Cached {
     generation: u64,
 }
 
+/// Whether an AlgorithmIdentifier carries explicit NULL parameters (`05 00`).
+fn has_null_params(alg: &AlgorithmIdentifierOwned) -> bool {
+    alg.parameters
+        .as_ref()
+        .is_some_and(|p| p.tag() == der::Tag::Null && p.value().is_empty())
+}
+
 /// What [`OcspResponder::answer`] returns: the DER plus what an HTTP layer needs for
 /// RFC 5019 §6 caching headers.
 #[derive(Debug, Clone)]
@@ -683,8 +690,12 @@ impl OcspResponder {
         }
         let served = served.ok_or(Refusal::Malformed)?;
 
+        // Only the canonical CertID (hash algorithm parameters NULL, as OpenSSL, Go and Java
+        // send and as `presign` writes) is cached: a cached answer echoes the CertID it was
+        // built for, so any other form is signed fresh rather than poisoning the cache.
         if nonce.is_none()
             && let [r] = &list[..]
+            && has_null_params(&r.req_cert.hash_algorithm)
             && let Some(serial_hex) = canonical_hex_of_integer(r.req_cert.serial_number.as_bytes())
         {
             let key = CacheKey {
@@ -1690,6 +1701,23 @@ mod tests {
             let (r, table) = R.get_or_init(|| (responder(&pki("Issuer A")), Table::default()));
             let der = r.respond(&bytes, NOW, table);
             proptest::prop_assert!(OcspResponse::from_der(&der).is_ok());
+        }
+    }
+
+    /// Fuzzing (ocsp_request): a cached answer must carry the requester's own CertID.
+    #[test]
+    fn cached_answer_carries_the_requests_own_cert_id() {
+        let p = pki("Issuer");
+        let now = datetime!(2026-06-01 0:00 UTC);
+        let canonical = cert_id(&p, HashAlg::Sha1, "01");
+        let mut absent = canonical.clone();
+        absent.hash_algorithm.parameters = None;
+        for (first, second) in [(&canonical, &absent), (&absent, &canonical)] {
+            let r = responder(&p);
+            let t = Table::default();
+            r.respond(&request(vec![first.clone()], None), now, &t);
+            let der = r.respond(&request(vec![second.clone()], None), now, &t);
+            assert_eq!(&basic(&der).tbs_response_data.responses[0].cert_id, second);
         }
     }
 }

@@ -16,7 +16,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(serial.len() % 2 == 0, "{serial}");
         assert!(!serial.starts_with("00"), "{serial}");
         assert!(
-            serial.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+            serial
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
             "{serial}"
         );
     }

@@ -6,6 +6,9 @@
 //! - the input bytes taken as a request: their standard base64, the URL-safe alphabet without
 //!   padding, the percent-encoded form (with and without a leading `/`) and the form a form
 //!   decoder makes of it (`+` turned into a space) all decode back to exactly those bytes.
+//!   Exception (by design, found by this target): a leading `/` is taken as the path separator,
+//!   so base64 that itself starts with `/` (a first octet of 0xfc..=0xff, never an OCSPRequest,
+//!   which starts with 0x30) round-trips only with the separator in front.
 #![no_main]
 
 use base64::Engine as _;
@@ -30,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
         match decode_get_path(text) {
             Ok(raw) => {
                 assert!(!raw.is_empty(), "Ok is never empty");
-                assert!(text.len() <= MAX_GET_PATH_LEN + 1, "over-long path accepted");
+                assert!(
+                    text.len() <= MAX_GET_PATH_LEN + 1,
+                    "over-long path accepted"
+                );
                 // 3 octets per 4 characters at most.
                 assert!(raw.len() <= text.len().div_ceil(4) * 3);
             }
@@ -47,16 +53,20 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let std = STANDARD.encode(data);
+    let ambiguous = std.starts_with('/');
     let forms = [
-        std.clone(),
-        format!("/{std}"),
-        URL_SAFE_NO_PAD.encode(data),
-        percent_encode(&std),
-        format!("/{}", percent_encode(&std)),
-        std.replace('+', " "),
+        (!ambiguous).then(|| std.clone()),
+        Some(format!("/{std}")),
+        Some(URL_SAFE_NO_PAD.encode(data)),
+        Some(percent_encode(&std)),
+        Some(format!("/{}", percent_encode(&std))),
+        (!ambiguous).then(|| std.replace('+', " ")),
     ];
-    for form in forms {
-        assert!(form.len() <= MAX_GET_PATH_LEN + 1, "limit covers a maximal request");
+    for form in forms.into_iter().flatten() {
+        assert!(
+            form.len() <= MAX_GET_PATH_LEN + 1,
+            "limit covers a maximal request"
+        );
         let back = decode_get_path(&form).unwrap_or_else(|e| panic!("{form:?}: {e}"));
         assert_eq!(back, data, "{form:?}");
     }

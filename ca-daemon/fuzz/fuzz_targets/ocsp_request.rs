@@ -30,6 +30,14 @@ const RESPONDER_A_KEY: &[u8] = include_bytes!("../fixtures/responder-a.key.der")
 const ISSUER_B: &[u8] = include_bytes!("../fixtures/issuer-b.der");
 const ISSUER_B_KEY: &[u8] = include_bytes!("../fixtures/issuer-b.key.der");
 
+/// KNOWN BUG (reported to the lead; seed `corpus/ocsp_request/regress-certid-params.der`):
+/// the response cache is keyed by (issuer, serial, hash OID) only, so a cached answer is served
+/// with the CertID of whichever request filled the cache, even when this request's
+/// `hashAlgorithm` parameters differ (absent vs NULL, or any garbage a client put there).
+/// While `true`, the CertID check below ignores `hashAlgorithm.parameters`; set it to `false`
+/// once `ocsp.rs` caches only canonical CertIDs.
+const TOLERATE_CERTID_PARAMS_BUG: bool = false;
+
 /// OID of the OCSP nonce extension (RFC 8954), 1.3.6.1.5.5.7.48.1.2.
 const NONCE: der::asn1::ObjectIdentifier =
     der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.48.1.2");
@@ -89,12 +97,17 @@ struct Table {
 
 impl StatusLookup for Table {
     fn status(&self, issuer_id: &str, serial_hex: &str) -> CertStatus {
-        assert!(issuer_id == "fuzz-a" || issuer_id == "fuzz-b", "{issuer_id}");
+        assert!(
+            issuer_id == "fuzz-a" || issuer_id == "fuzz-b",
+            "{issuer_id}"
+        );
         assert!(
             !serial_hex.is_empty()
                 && !serial_hex.starts_with("00")
                 && serial_hex.len() % 2 == 0
-                && serial_hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+                && serial_hex
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
             "serial not in canonical form: {serial_hex:?}"
         );
         match serial_hex.len() {
@@ -137,19 +150,33 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let request = request.expect("a successful answer implies the request parsed");
-    let bytes = response.response_bytes.expect("successful has responseBytes");
+    let bytes = response
+        .response_bytes
+        .expect("successful has responseBytes");
     let basic = BasicOcspResponse::from_der(bytes.response.as_bytes())
         .expect("responseBytes hold a BasicOCSPResponse");
     let data_ = &basic.tbs_response_data;
     let asked = &request.tbs_request.request_list;
     assert_eq!(data_.responses.len(), asked.len(), "one answer per CertID");
     for (single, req) in data_.responses.iter().zip(asked) {
-        assert_eq!(single.cert_id, req.req_cert, "answers follow the request order");
+        if TOLERATE_CERTID_PARAMS_BUG {
+            let mut got = single.cert_id.clone();
+            got.hash_algorithm.parameters = req.req_cert.hash_algorithm.parameters.clone();
+            assert_eq!(got, req.req_cert, "answers follow the request order");
+        } else {
+            assert_eq!(
+                single.cert_id, req.req_cert,
+                "answers follow the request order"
+            );
+        }
     }
 
     // The signature verifies under the key of the issuer the CertIDs name.
     let tbs = data_.to_der().expect("ResponseData re-encodes");
-    let sig = basic.signature.as_bytes().expect("signature is whole octets");
+    let sig = basic
+        .signature
+        .as_bytes()
+        .expect("signature is whole octets");
     let ok_a = UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &f.key_a)
         .verify(&tbs, sig)
         .is_ok();
@@ -167,4 +194,3 @@ fuzz_target!(|data: &[u8]| {
     let echoed = nonce_of(data_.response_extensions.as_ref());
     assert_eq!(asked_nonce, echoed, "nonce echoed");
 });
-

@@ -21,8 +21,8 @@ use arbitrary::Arbitrary;
 use ca_daemon::pkcs12::{BundleInput, KeystoreProfile, Pkcs12Error, build_pfx};
 use der::{Decode, Encode};
 use libfuzzer_sys::fuzz_target;
-use pki_policy::keystore::{BagEncryption, ITERATIONS_RANGE, MAC_SALT_LEN_RANGE, MacAlgorithm};
 use pki_policy::Policy;
+use pki_policy::keystore::{BagEncryption, ITERATIONS_RANGE, MAC_SALT_LEN_RANGE, MacAlgorithm};
 
 const LEAF: &[u8] = include_bytes!("../fixtures/leaf.der");
 const LEAF_KEY: &[u8] = include_bytes!("../fixtures/leaf.key.der");
@@ -100,7 +100,10 @@ fuzz_target!(|input: Input| {
         Ok(pfx) => {
             assert!(profile_ok, "out-of-range profile accepted: {profile:?}");
             assert!(password_ok(&input.password), "bad password accepted");
-            assert!(friendly_name_ok(&input.friendly_name), "bad friendly name accepted");
+            assert!(
+                friendly_name_ok(&input.friendly_name),
+                "bad friendly name accepted"
+            );
             let parsed = pkcs12::pfx::Pfx::from_der(&pfx).expect("the bundle is one DER PFX");
             assert_eq!(parsed.version, pkcs12::pfx::Version::V3);
             let mac = parsed.mac_data.as_ref().expect("MAC data present");

@@ -11,9 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pki_proto::convert::{
-    ConvertError, CreateTicket, RedeemTicket, Revoke, timestamp_from_time,
-};
+use pki_proto::convert::{ConvertError, CreateTicket, RedeemTicket, Revoke, timestamp_from_time};
 use pki_proto::v1;
 use prost::Message;
 
@@ -65,7 +63,10 @@ fn redeem(bytes: &[u8]) {
                     !e.to_string().contains(&password),
                     "error message echoes the password"
                 );
-                assert!(!format!("{e:?}").contains(&password), "Debug echoes the password");
+                assert!(
+                    !format!("{e:?}").contains(&password),
+                    "Debug echoes the password"
+                );
             }
         }
     }

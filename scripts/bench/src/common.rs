@@ -86,7 +86,10 @@ pub fn export_pem(pki: &LoadedPki, dir: &Path) -> Result<PemPki> {
     w("issuer.pem", issuer_pem.clone())?;
     w("root.pem", root_pem.clone())?;
     w("chain.pem", format!("{issuer_pem}{root_pem}"))?;
-    w("issuer.key", pki::pem_encode("PRIVATE KEY", &issuer.key_pkcs8))?;
+    w(
+        "issuer.key",
+        pki::pem_encode("PRIVATE KEY", &issuer.key_pkcs8),
+    )?;
     w(
         "ocsp.pem",
         pki::pem_encode("CERTIFICATE", &issuer.responder_cert_der),
@@ -190,7 +193,9 @@ pub async fn redeem_all(
                     .into_inner();
                 lat.push(t0.elapsed());
                 if r.pkcs12.is_empty() {
-                    return Err(BenchError::Failed("RedeemTicket returned no PKCS#12".into()));
+                    return Err(BenchError::Failed(
+                        "RedeemTicket returned no PKCS#12".into(),
+                    ));
                 }
             }
         });

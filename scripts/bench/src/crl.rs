@@ -23,7 +23,10 @@ const REASONS: [(RevocationReason, &str); 5] = [
     (RevocationReason::KeyCompromise, "keyCompromise"),
     (RevocationReason::AffiliationChanged, "affiliationChanged"),
     (RevocationReason::Superseded, "superseded"),
-    (RevocationReason::CessationOfOperation, "cessationOfOperation"),
+    (
+        RevocationReason::CessationOfOperation,
+        "cessationOfOperation",
+    ),
 ];
 
 /// `n` deterministic entries, sorted by serial (as the store's revoked index returns them):
@@ -89,13 +92,17 @@ pub fn write_index(n: usize, out: &Path) -> Result<()> {
     for (i, e) in entries(n).iter().enumerate() {
         let (_, name) = REASONS[i % REASONS.len()];
         let mut rev = utc_time(e.revoked_at);
-        if !name.is_empty() {
-            rev.push(',');
-            rev.push_str(name);
-            if let Some(inv) = e.invalidity_date {
-                rev.push(',');
+        // openssl's index: "keyTime,<GeneralizedTime>" is keyCompromise with an invalidityDate.
+        match e.invalidity_date {
+            Some(inv) => {
+                rev.push_str(",keyTime,");
                 rev.push_str(&generalized_time(inv));
             }
+            None if !name.is_empty() => {
+                rev.push(',');
+                rev.push_str(name);
+            }
+            None => {}
         }
         writeln!(
             w,
@@ -319,7 +326,7 @@ fn run_blocking(sizes: &[usize], rounds: usize, work: &Path) -> Result<Section> 
     );
     for r in &rows {
         t.push_str(&format!(
-            "| {} | {:.1} MiB | {:.3} | {:.0} (before {:.0}) | {:.2} / {:.0} | {:.2} / {:.0} | {} |\n",
+            "| {} | {:.2} MiB | {:.3} | {:.0} (before {:.0}) | {:.2} / {:.0} | {:.2} / {:.0} | {} |\n",
             r.n,
             r.der_mib,
             r.build_s,

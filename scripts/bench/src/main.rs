@@ -53,7 +53,10 @@ pub struct Section {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "pki-bench", about = "ca-daemon benchmarks beside openssl / wrk peers")]
+#[command(
+    name = "pki-bench",
+    about = "ca-daemon benchmarks beside openssl / wrk peers"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -120,7 +123,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::BareHttp { listen, size } => ocsp::bare_http(listen, size),
-        Cmd::CrlChild { data_dir, n, der_out } => crl::child(&data_dir, n, &der_out),
+        Cmd::CrlChild {
+            data_dir,
+            n,
+            der_out,
+        } => crl::child(&data_dir, n, &der_out),
         Cmd::CrlIndex { n, out } => crl::write_index(n, &out),
         Cmd::Redemption(a) => bench(a, |m, w| Box::pin(redemption::run(m, w))),
         Cmd::Ocsp(a) => bench(a, |m, w| Box::pin(ocsp::run(m, w))),
@@ -139,7 +146,10 @@ fn main() -> std::process::ExitCode {
 
 type BenchFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Section>> + 'a>>;
 
-fn bench(a: BenchArgs, f: impl for<'a> FnOnce(Mode, &'a std::path::Path) -> BenchFuture<'a>) -> Result<()> {
+fn bench(
+    a: BenchArgs,
+    f: impl for<'a> FnOnce(Mode, &'a std::path::Path) -> BenchFuture<'a>,
+) -> Result<()> {
     let temp;
     let work = match a.work {
         Some(w) => {
@@ -166,7 +176,10 @@ fn bench(a: BenchArgs, f: impl for<'a> FnOnce(Mode, &'a std::path::Path) -> Benc
     std::fs::write(&a.out, &text).map_err(io(format!("write {}", a.out.display())))?;
     println!("{text}");
     if !section.targets_met {
-        eprintln!("pki-bench {}: some DESIGN.md §9 targets were missed (see the report)", section.name);
+        eprintln!(
+            "pki-bench {}: some DESIGN.md §9 targets were missed (see the report)",
+            section.name
+        );
     }
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     if section.body.is_empty() {

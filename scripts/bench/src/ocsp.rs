@@ -43,14 +43,7 @@ struct Wrk {
     errors: u64,
 }
 
-fn wrk(
-    work: &Path,
-    url: &str,
-    threads: usize,
-    conns: usize,
-    secs: u64,
-    req: &Path,
-) -> Result<Wrk> {
+fn wrk(work: &Path, url: &str, threads: usize, conns: usize, secs: u64, req: &Path) -> Result<Wrk> {
     let script = work.join("ocsp-post.lua");
     std::fs::write(&script, WRK_LUA).map_err(io("write wrk script"))?;
     let o = common::run_tool(
@@ -81,7 +74,11 @@ fn wrk(
         .sum();
     let secs = num("secs");
     Ok(Wrk {
-        rps: if secs > 0.0 { num("requests") / secs } else { 0.0 },
+        rps: if secs > 0.0 {
+            num("requests") / secs
+        } else {
+            0.0
+        },
         p50_ms: num("p50_us") / 1e3,
         p99_ms: num("p99_us") / 1e3,
         errors,
@@ -227,7 +224,10 @@ fn start_openssl_responder(
     let index = work.join("ocsp-index.txt");
     std::fs::write(
         &index,
-        format!("V\t{cert}\t\t{}\tunknown\t/CN=x\n", leaf.serial.to_uppercase()),
+        format!(
+            "V\t{cert}\t\t{}\tunknown\t/CN=x\n",
+            leaf.serial.to_uppercase()
+        ),
     )
     .map_err(io("write index.txt"))?;
     std::fs::write(work.join("ocsp-index.txt.attr"), "unique_subject = no\n")
@@ -236,8 +236,10 @@ fn start_openssl_responder(
         .arg("ocsp")
         .arg("-index")
         .arg(&index)
+        // openssl 3.0 takes a port number only (it listens on every address); all traffic is
+        // still loopback: wrk targets 127.0.0.1.
         .arg("-port")
-        .arg(addr.to_string())
+        .arg(addr.port().to_string())
         .arg("-rsigner")
         .arg(pem.path("ocsp.pem"))
         .arg("-rkey")
@@ -380,9 +382,8 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
     let bare_guard = KillOnDrop(bare_child);
     common::wait_port(bare_addr, Duration::from_secs(10))?;
     let bare_url = format!("http://{bare_addr}/ocsp");
-    let bare = tokio::task::block_in_place(|| {
-        wrk_rounds(mode, &w, &bare_url, 2, 16, secs, rounds, &req)
-    })?;
+    let bare =
+        tokio::task::block_in_place(|| wrk_rounds(mode, &w, &bare_url, 2, 16, secs, rounds, &req))?;
     drop(bare_guard);
 
     // openssl ocsp: one connection at a time, so one wrk connection.
@@ -404,9 +405,8 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
     }
     check_response(&pem, &leaf, &oresp)?;
     let o_url = format!("http://{o_addr}/");
-    let openssl = tokio::task::block_in_place(|| {
-        wrk_rounds(mode, &w, &o_url, 1, 1, secs, rounds, &req)
-    })?;
+    let openssl =
+        tokio::task::block_in_place(|| wrk_rounds(mode, &w, &o_url, 1, 1, secs, rounds, &req))?;
     drop(o_guard);
 
     // OCSP while redemptions saturate both cores.
@@ -447,7 +447,11 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
             s.rps, s.p50_ms, s.p99_ms, s.errors
         )
     };
-    t.push_str(&row("ca-daemon `POST /ocsp` (pre-signed)", "2 × 16", &daemon));
+    t.push_str(&row(
+        "ca-daemon `POST /ocsp` (pre-signed)",
+        "2 × 16",
+        &daemon,
+    ));
     t.push_str(&row("bare HTTP, fixed body", "2 × 16", &bare));
     t.push_str(&row("`openssl ocsp` responder", "1 × 1", &openssl));
     t.push_str(&row(

@@ -96,7 +96,8 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
             .await
             .map_err(rpc("RedeemTicket"))?
             .into_inner();
-        let pfx = p12::PFX::parse(&r.pkcs12).map_err(|e| BenchError::Failed(format!("parse bundle: {e:?}")))?;
+        let pfx = p12::PFX::parse(&r.pkcs12)
+            .map_err(|e| BenchError::Failed(format!("parse bundle: {e:?}")))?;
         let key = pfx
             .key_bags(&t.password)
             .map_err(|e| BenchError::Failed(format!("bundle key: {e:?}")))?

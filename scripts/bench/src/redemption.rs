@@ -359,7 +359,14 @@ fn check_openssl_bundle(pem: &PemPki, profile: &Profile) -> Result<String> {
     let o = common::run_tool(
         "openssl pkcs12 -info",
         Command::new("openssl")
-            .args(["pkcs12", "-info", "-noout", "-passin", "pass:12345678", "-in"])
+            .args([
+                "pkcs12",
+                "-info",
+                "-noout",
+                "-passin",
+                "pass:12345678",
+                "-in",
+            ])
             .arg(dir.path().join("check.p12")),
         Duration::from_secs(30),
     )?;
@@ -373,6 +380,34 @@ fn check_openssl_bundle(pem: &PemPki, profile: &Profile) -> Result<String> {
         )));
     }
     Ok(text)
+}
+
+/// One openssl bundle at a time under `hyperfine`: (median ms, mean ms, stddev ms).
+fn hyperfine_one(pem: &PemPki, profile: &Profile, runs: usize) -> Result<(f64, f64, f64)> {
+    let dir = tempfile::tempdir_in(&pem.dir).map_err(io("hyperfine dir"))?;
+    let json = dir.path().join("hyperfine.json");
+    common::run_tool(
+        "hyperfine",
+        Command::new("hyperfine")
+            .args(["--style", "none", "--warmup", "2", "--runs"])
+            .arg(runs.to_string())
+            .arg("--export-json")
+            .arg(&json)
+            .arg(format!("bash {} 1", pem.path("bundle.sh").display()))
+            .env("PEMDIR", &pem.dir)
+            .env("OUTDIR", dir.path())
+            .env("KEYPBE", profile.keypbe)
+            .env("CERTPBE", profile.certpbe)
+            .env("MACALG", profile.macalg)
+            .env("ITER", profile.iter.to_string()),
+        Duration::from_secs(300),
+    )?;
+    let text = std::fs::read_to_string(&json).map_err(io("read hyperfine json"))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| BenchError::Failed(format!("hyperfine json: {e}")))?;
+    let r = &v["results"][0];
+    let ms = |k: &str| r[k].as_f64().unwrap_or(0.0) * 1e3;
+    Ok((ms("median"), ms("mean"), ms("stddev")))
 }
 
 struct Sizes {
@@ -423,6 +458,13 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
 
     for profile in PROFILES {
         infos.push((profile.name, check_openssl_bundle(&pem, &profile)?));
+        let runs = if mode == Mode::Full { 20 } else { 3 };
+        let (pem2, p2) = (pem.clone(), profile);
+        let (med, mean, sd) = tokio::task::block_in_place(|| hyperfine_one(&pem2, &p2, runs))?;
+        md.push_str(&format!(
+            "\nopenssl pipeline, {}, one bundle at a time (`hyperfine`, {runs} runs): median {med:.1} ms (mean {mean:.1} ± {sd:.1} ms).\n",
+            profile.name
+        ));
         // Floor: 1 thread .. cores threads.
         let mut floor = std::collections::BTreeMap::new();
         for threads in 1..=cores {
@@ -530,7 +572,12 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
     for (name, info) in infos {
         let mac = info
             .lines()
-            .filter(|l| l.starts_with("MAC") || l.contains("PBES2") || l.contains("3DES") || l.contains("Triple"))
+            .filter(|l| {
+                l.starts_with("MAC")
+                    || l.contains("PBES2")
+                    || l.contains("3DES")
+                    || l.contains("Triple")
+            })
             .map(str::trim)
             .collect::<Vec<_>>()
             .join("; ");

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ca_daemon::store::{AuditEvent, CertRecord, RECORD_VERSION, SledStore, Store, TicketRecord, TicketState};
+use ca_daemon::store::{
+    AuditEvent, CertRecord, RECORD_VERSION, SledStore, Store, TicketRecord, TicketState,
+};
 use integration::{Daemon, DaemonOptions};
 use pki_policy::Policy;
 use pki_policy::domain::TargetOs;
@@ -178,7 +180,9 @@ fn restart_time(data_dir: &Path, policy: &Path) -> Result<Duration> {
             break;
         }
         if let Ok(Some(st)) = guard.0.try_wait() {
-            return Err(BenchError::Failed(format!("daemon exited during restart: {st}")));
+            return Err(BenchError::Failed(format!(
+                "daemon exited during restart: {st}"
+            )));
         }
         if start.elapsed() > Duration::from_secs(120) {
             return Err(BenchError::Failed("daemon not healthy within 120 s".into()));
@@ -215,7 +219,13 @@ fn dir_size(p: &Path) -> u64 {
 /// Runs the scale benchmark.
 pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
     let (sizes, budget, rounds, clients, secs) = match mode {
-        Mode::Full => (vec![1_000usize, 1_000_000], Duration::from_secs(300), 3, 16, 3.0),
+        Mode::Full => (
+            vec![1_000usize, 1_000_000],
+            Duration::from_secs(300),
+            3,
+            16,
+            3.0,
+        ),
         Mode::Smoke => (vec![100usize, 1_000], Duration::from_secs(20), 1, 4, 0.0),
     };
     let mut rows = Vec::new();
