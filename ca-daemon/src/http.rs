@@ -18,6 +18,9 @@ use time::OffsetDateTime;
 use crate::authority::Authority;
 use crate::error::CaError;
 
+/// Most HTTP requests served at once.
+const MAX_IN_FLIGHT: usize = 1024;
+
 /// Largest OCSP request we accept (a request for a handful of certificates is < 1 KiB).
 const MAX_OCSP_REQUEST: usize = 16 * 1024;
 
@@ -31,6 +34,9 @@ pub fn router(authority: Arc<Authority>) -> Router {
         .route("/ca/chain.pem", get(chain_pem))
         .route("/ca/{file}", get(ca_cert))
         .layer(DefaultBodyLimit::max(MAX_OCSP_REQUEST))
+        // Bounded in-flight requests: a flood queues instead of exhausting memory or the
+        // blocking pool (CRL reads and signing of nonce-bearing OCSP requests).
+        .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_IN_FLIGHT))
         .with_state(authority)
 }
 
