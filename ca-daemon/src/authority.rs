@@ -971,7 +971,13 @@ impl Authority {
         let actor = actor.to_string();
         let started = std::time::Instant::now();
         let record = blocking(move || {
-            let number = store.reserve_crl_number(&issuer.id).map_err(store_err)?;
+            // The number is at least the current Unix time (as Boulder does): it only ever
+            // grows, also after a restore from an older backup, which would otherwise reissue
+            // numbers already published with different content. The store's counter keeps it
+            // strictly increasing when several CRLs fall into one second.
+            let reserved = store.reserve_crl_number(&issuer.id).map_err(store_err)?;
+            let clock = u64::try_from(OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
+            let number = reserved.max(clock);
             let entries: Vec<RevokedEntry> = store
                 .revocation_entries(&issuer.id)
                 .map_err(store_err)?

@@ -120,6 +120,10 @@ pub struct InitArgs {
     /// Policy file (validity periods) [default: built-in policy].
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// Name (DNS or IP) of the gRPC server certificate; repeat for several
+    /// [default: localhost, 127.0.0.1, ::1].
+    #[arg(long = "server-name")]
+    pub server_names: Vec<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -290,11 +294,31 @@ pub struct RevokeArgs {
 /// CRL subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CrlCommand {
+    /// Re-sign the root's CRL over its issuers (needs the root key; do it before its nextUpdate,
+    /// one year after the last signing). Run on the CA host; the daemon serves the new file at once.
+    #[command(
+        after_help = "Example:\n  ca-daemon crl root --data-dir /var/lib/ca-daemon --root-passphrase-file /root/root-pass"
+    )]
+    Root(CrlRootArgs),
     /// Publish a new CRL now.
     #[command(
         after_help = "Example:\n  ca-daemon crl publish\n  ca-daemon crl publish --issuer iss-0a1b2c3d4e5f6a7b"
     )]
     Publish(CrlPublishArgs),
+}
+
+/// `crl root`.
+#[derive(Debug, Args)]
+pub struct CrlRootArgs {
+    /// Data directory.
+    #[arg(long, default_value = "./var")]
+    pub data_dir: PathBuf,
+    /// File with the root key's passphrase [default: DATA_DIR/dev/passphrase].
+    #[arg(long)]
+    pub root_passphrase_file: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `crl publish`.
@@ -483,6 +507,30 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Init(a) => init(a).await,
         Command::Ticket(t) => ticket(t).await,
         Command::Revoke(a) => revoke(a).await,
+        Command::Crl(CrlCommand::Root(a)) => {
+            let pf = a
+                .root_passphrase_file
+                .clone()
+                .unwrap_or_else(|| crate::pki::dev_passphrase_path(&a.data_dir));
+            let dir = a.data_dir.clone();
+            let number = tokio::task::spawn_blocking(move || -> Result<u64, CliError> {
+                let pass = crate::keys::Passphrase::from_file(&pf)
+                    .map_err(|e| CliError::new(e.to_string()))?;
+                crate::pki::refresh_root_crl(&dir, &pass)
+                    .map_err(|e| CliError::new(format!("root CRL: {e}")))
+            })
+            .await
+            .map_err(|e| CliError::new(e.to_string()))??;
+            if a.json {
+                print_json(serde_json::json!({"root_crl_number": number}));
+            } else {
+                println!(
+                    "root CRL #{number} signed into {}",
+                    crate::pki::Layout::new(&a.data_dir).root_crl().display()
+                );
+            }
+            Ok(())
+        }
         Command::Crl(CrlCommand::Publish(a)) => {
             let mut c = v1::admin_client::AdminClient::new(connect(&a.client).await?);
             let crl = c
@@ -697,6 +745,9 @@ async fn init(a: InitArgs) -> Result<(), CliError> {
             opts.root_passphrase = Some(
                 crate::keys::Passphrase::from_file(rp).map_err(|e| CliError::new(e.to_string()))?,
             );
+        }
+        if !a.server_names.is_empty() {
+            opts.server_names = a.server_names.clone();
         }
         opts.root_validity_days = policy.ca.root_validity_days;
         opts.issuer_validity_days = policy.ca.issuer_validity_days;
