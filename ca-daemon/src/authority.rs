@@ -149,6 +149,11 @@ pub struct Authority {
     data_dir: PathBuf,
     passphrase: Arc<crate::keys::Passphrase>,
     limits: Arc<crate::limits::RateLimits>,
+    /// One CRL publication (reserve, build, save) at a time: two concurrent ones reserve
+    /// numbers n < m, and if m is saved first the save of n is refused as stale, failing its
+    /// caller (`PublishCrl`). Taken inside the blocking task, so a cancelled caller cannot
+    /// release it while its publication is still running.
+    crl_publishing: Arc<Mutex<()>>,
 }
 
 /// Runs blocking (store or CPU) work off the reactor.
@@ -259,6 +264,7 @@ impl Authority {
             data_dir,
             passphrase,
             limits: Arc::new(crate::limits::RateLimits::new(&policy)),
+            crl_publishing: Arc::new(Mutex::new(())),
         });
         auth.sync_issuer_records()?;
         Ok((auth, rx))
@@ -965,12 +971,17 @@ impl Authority {
             .get(&id)
             .cloned()
             .ok_or_else(|| CaError::Unavailable(format!("issuer {id} has no keys")))?;
+        let gate = self.crl_publishing.clone();
         let store = self.store.clone();
         let next_update_hours = i64::from(self.policy.crl.next_update_hours);
         let idp = pki::crl_url(&self.url_base, &id);
         let actor = actor.to_string();
         let started = std::time::Instant::now();
         let record = blocking(move || {
+            // A poisoned gate only means another publication panicked; the store is consistent.
+            let _one_at_a_time = gate
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             // The number is at least the current Unix time (as Boulder does): it only ever
             // grows, also after a restore from an older backup, which would otherwise reissue
             // numbers already published with different content. The store's counter keeps it
@@ -1030,7 +1041,15 @@ impl Authority {
             elapsed_ms = started.elapsed().as_millis() as u64, "CRL published");
         record_crl_metrics(&record);
         let record = Arc::new(record);
-        self.crl_sender(&id).send_replace(Some(record.clone()));
+        // Publications finish in number order, but their announcements may not: never let
+        // an older CRL replace a newer one for watchers.
+        self.crl_sender(&id).send_if_modified(|current| {
+            let newer = current.as_ref().is_none_or(|c| c.number < record.number);
+            if newer {
+                *current = Some(record.clone());
+            }
+            newer
+        });
         Ok(record)
     }
 

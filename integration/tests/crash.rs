@@ -1011,3 +1011,41 @@ async fn revocation_acknowledged_inside_the_batch_window_reaches_the_crl_after_a
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Publications race: the background publisher (after revocations) and `PublishCrl` calls
+/// reserve CRL numbers and save CRLs concurrently. None may fail, every answer must carry a
+/// distinct number, and the saved CRL never goes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_crl_publications_all_succeed() {
+    let d = tokio::task::block_in_place(Daemon::start).expect("daemon starts");
+    let admin = d.admin("ops").await.expect("ops connects");
+    let calls = (0..24).map(|_| {
+        let mut a = admin.clone();
+        async move { a.publish_crl(v1::PublishCrlRequest::default()).await }
+    });
+    let mut numbers = Vec::new();
+    for r in futures::future::join_all(calls).await {
+        match r {
+            Ok(c) => numbers.push(c.into_inner().number),
+            Err(e) => panic!(
+                "concurrent PublishCrl failed: {e:?}\nlog:\n{}",
+                tail(&d.log(), 20)
+            ),
+        }
+    }
+    let distinct: HashSet<u64> = numbers.iter().copied().collect();
+    assert_eq!(distinct.len(), numbers.len(), "numbers {numbers:?}");
+    let latest = d
+        .revocation("gateway")
+        .await
+        .expect("gateway connects")
+        .get_crl(v1::GetCrlRequest::default())
+        .await
+        .expect("GetCrl")
+        .into_inner();
+    assert_eq!(
+        Some(&latest.number),
+        numbers.iter().max(),
+        "the newest CRL is served"
+    );
+}

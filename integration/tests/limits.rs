@@ -389,14 +389,17 @@ async fn connect_dev(d: &Daemon, role: &str, connect_timeout: Duration) -> Resul
             read(dev.join(format!("{role}.key"))),
         ))
         .domain_name("localhost");
-    Endpoint::from_shared(format!("https://{}", d.grpc))
+    let endpoint = Endpoint::from_shared(format!("https://{}", d.grpc))
         .map_err(|e| e.to_string())?
         .tls_config(tls)
         .map_err(|e| e.to_string())?
         .connect_timeout(connect_timeout)
-        .timeout(Duration::from_secs(30))
-        .connect()
+        .timeout(Duration::from_secs(30));
+    // tonic's connect timeout covers the TCP connect, not the TLS handshake that waits for a
+    // slot: bound the whole thing.
+    tokio::time::timeout(connect_timeout, endpoint.connect())
         .await
+        .map_err(|_| format!("no connection within {connect_timeout:?}"))?
         .map_err(|e| format!("{e:?}"))
 }
 

@@ -102,6 +102,33 @@ fn always_allowed(path: &str) -> bool {
         || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
 }
 
+/// tonic refuses a request message larger than `max_decoding_message_size` with OUT_OF_RANGE
+/// ("decoded message length too large"); gRPC itself and DESIGN §6 call that
+/// RESOURCE_EXHAUSTED, and clients retry on neither. The refusal happens before any handler, as
+/// a trailers-only response, so its status is in the response headers. Nothing of ours returns
+/// OUT_OF_RANGE, and the message is checked as well.
+fn oversized_is_resource_exhausted(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let headers = response.headers();
+    let out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11");
+    // grpc-message is percent-encoded (spaces as %20).
+    let too_large = headers.get("grpc-message").is_some_and(|v| {
+        v.to_str()
+            .unwrap_or("")
+            .replace("%20", " ")
+            .contains("message length too large")
+    });
+    if out_of_range && too_large {
+        response
+            .headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
 impl<S, B> tower::Service<http::Request<B>> for Authz<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
@@ -111,7 +138,7 @@ where
     type Error = S::Error;
     type Future = futures::future::Either<
         futures::future::Ready<Result<Self::Response, Self::Error>>,
-        S::Future,
+        futures::future::MapOk<S::Future, fn(Self::Response) -> Self::Response>,
     >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -141,10 +168,40 @@ where
             }
         };
         match verdict {
-            Ok(()) => futures::future::Either::Right(self.inner.call(req)),
+            Ok(()) => futures::future::Either::Right(futures::TryFutureExt::map_ok(
+                self.inner.call(req),
+                oversized_is_resource_exhausted as fn(Self::Response) -> Self::Response,
+            )),
             Err(status) => {
                 futures::future::Either::Left(futures::future::ready(Ok(status.into_http())))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: &'static str, message: &'static str) -> http::Response<tonic::body::Body> {
+        let mut r = http::Response::new(tonic::body::Body::empty());
+        r.headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static(status));
+        r.headers_mut()
+            .insert("grpc-message", http::HeaderValue::from_static(message));
+        r
+    }
+
+    #[test]
+    fn oversized_request_becomes_resource_exhausted_and_nothing_else_changes() {
+        let r = oversized_is_resource_exhausted(response(
+            "11",
+            "Error,%20decoded%20message%20length%20too%20large:%20found%2070195%20bytes",
+        ));
+        assert_eq!(r.headers()["grpc-status"], "8");
+        let r = oversized_is_resource_exhausted(response("11", "page%20out%20of%20range"));
+        assert_eq!(r.headers()["grpc-status"], "11");
+        let r = oversized_is_resource_exhausted(response("3", "message%20length%20too%20large"));
+        assert_eq!(r.headers()["grpc-status"], "3");
     }
 }
