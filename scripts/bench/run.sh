@@ -5,6 +5,7 @@
 #   scripts/bench/run.sh --only ocsp     # one benchmark (repeatable: --only crl --only reach)
 #   scripts/bench/run.sh --smoke         # seconds per benchmark (CI): checks that they still run;
 #                                        # results go to a temp dir, docs/ is left alone
+#   scripts/bench/run.sh --assemble      # only rebuild docs/benchmarks.md from results/*.md
 #
 # Benchmarks: redemption, ocsp, crl, reach, scale. Loopback only; every step has a time limit.
 # Needs openssl, wrk, hyperfine and /usr/bin/time; installs the missing ones with apt-get when
@@ -15,15 +16,17 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 ALL=(redemption ocsp crl reach scale)
 MODE=full
 ONLY=()
+ASSEMBLE_ONLY=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) MODE=smoke ;;
+        --assemble) ASSEMBLE_ONLY=1 ;;
         --only)
             shift
             [ $# -gt 0 ] || { echo "--only needs a benchmark name: ${ALL[*]}" >&2; exit 2; }
             ONLY+=("$1") ;;
         --only=*) ONLY+=("${1#--only=}") ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -33,6 +36,12 @@ for b in "${ONLY[@]}"; do
     case " ${ALL[*]} " in *" $b "*) ;; *) echo "unknown benchmark: $b (one of: ${ALL[*]})" >&2; exit 2 ;; esac
 done
 
+commit=$(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null | head -1)" ]; then commit="$commit (+ uncommitted changes)"; fi
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+RESULTS="$ROOT/scripts/bench/results"
+failed=()
+if [ "$ASSEMBLE_ONLY" = 0 ]; then
 # ---- peers and tools ---------------------------------------------------------------------
 need=()
 command -v openssl >/dev/null || need+=(openssl)
@@ -54,9 +63,12 @@ fi
 cd "$ROOT"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 echo "building release binaries (ca-daemon, pki-bench)..." >&2
-timeout 3600 cargo build --release -q -p ca-daemon -p pki-bench
-export CA_DAEMON_BIN="$TARGET_DIR/release/ca-daemon"
-BENCH_BIN="$TARGET_DIR/release/pki-bench"
+# The smoke run (CI) only checks that the benchmarks still run: it reuses the test build's
+# profile (dependencies optimised, see the root Cargo.toml) instead of building the world twice.
+if [ "$MODE" = smoke ]; then PROFILE=debug; PROFILE_FLAG=(); else PROFILE=release; PROFILE_FLAG=(--release); fi
+timeout 3600 cargo build "${PROFILE_FLAG[@]}" -q -p ca-daemon -p pki-bench
+export CA_DAEMON_BIN="$TARGET_DIR/$PROFILE/ca-daemon"
+BENCH_BIN="$TARGET_DIR/$PROFILE/pki-bench"
 # The daemon's own log level during the runs (production default).
 export CA_DAEMON_LOG=${CA_DAEMON_LOG:-info}
 
@@ -76,11 +88,6 @@ limit() { # seconds allowed for one benchmark
     esac
 }
 
-commit=$(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null | head -1)" ]; then commit="$commit (+ uncommitted changes)"; fi
-cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
-
-failed=()
 for b in "${ONLY[@]}"; do
     echo "=== $b ($MODE) ===" >&2
     load=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -102,6 +109,8 @@ for b in "${ONLY[@]}"; do
     fi
     rm -rf "$work"
 done
+
+fi # ASSEMBLE_ONLY
 
 if [ "$MODE" = full ]; then
     DOC="$ROOT/docs/benchmarks.md"
@@ -174,4 +183,5 @@ if [ ${#failed[@]} -gt 0 ]; then
     echo "failed: ${failed[*]}" >&2
     exit 1
 fi
+if [ "$ASSEMBLE_ONLY" = 1 ]; then exit 0; fi
 echo "benchmarks done ($MODE): ${ONLY[*]}" >&2

@@ -125,6 +125,45 @@ fn wrk_rounds(
     Ok(summarize(&runs))
 }
 
+/// The loop client for `openssl ocsp`: one connection at a time, each carrying one POST
+/// (`Connection: close`; openssl answers HTTP/1.0 and closes anyway), for `secs` seconds.
+/// wrk cannot drive `openssl ocsp`: wrk first opens and closes a probe connection, and the
+/// openssl 3.0 responder then waits on that dead connection forever (even with `-timeout`).
+fn loop_client(addr: std::net::SocketAddr, path: &str, req: &[u8], secs: u64) -> Result<Wrk> {
+    let mut lat = Vec::new();
+    let mut errors = 0u64;
+    let start = std::time::Instant::now();
+    let until = Duration::from_secs(secs);
+    while start.elapsed() < until {
+        let t0 = std::time::Instant::now();
+        match integration::http_request(addr, "POST", path, Some("application/ocsp-request"), req) {
+            Ok((200, body)) if !body.is_empty() => lat.push(t0.elapsed()),
+            _ => errors += 1,
+        }
+    }
+    let wall = start.elapsed().as_secs_f64();
+    Ok(Wrk {
+        rps: lat.len() as f64 / wall,
+        p50_ms: stats::percentile_ms(&lat, 50.0),
+        p99_ms: stats::percentile_ms(&lat, 99.0),
+        errors,
+    })
+}
+
+fn loop_rounds(
+    addr: std::net::SocketAddr,
+    path: &str,
+    req: &[u8],
+    secs: u64,
+    rounds: usize,
+) -> Result<WrkSummary> {
+    let mut runs = Vec::new();
+    for _ in 0..rounds {
+        runs.push(loop_client(addr, path, req, secs)?);
+    }
+    Ok(summarize(&runs))
+}
+
 /// The bare HTTP peer: every request gets `size` fixed bytes as `application/ocsp-response`,
 /// on the same stack as the daemon's HTTP side (axum on hyper, tokio with one worker a core).
 pub fn bare_http(listen: std::net::SocketAddr, size: usize) -> Result<()> {
@@ -388,7 +427,7 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
         tokio::task::block_in_place(|| wrk_rounds(mode, &w, &bare_url, 2, 16, secs, rounds, &req))?;
     drop(bare_guard);
 
-    // openssl ocsp: one connection at a time, so one wrk connection.
+    // openssl ocsp: one connection at a time (see loop_client).
     let o_addr = common::free_addr()?;
     let o_guard = start_openssl_responder(&pem, &leaf, o_addr, work)?;
     // Check its answer once, the same way.
@@ -396,10 +435,11 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
     let oresp = work.join("openssl-resp.der");
     std::fs::write(&oresp, &ob).map_err(io("write openssl OCSP response"))?;
     check_response(&pem, &leaf, &oresp)?;
-    let o_url = format!("http://{o_addr}/");
-    let openssl =
-        tokio::task::block_in_place(|| wrk_rounds(mode, &w, &o_url, 1, 1, secs, rounds, &req))?;
+    let openssl = tokio::task::block_in_place(|| loop_rounds(o_addr, "/", &req_der, secs, rounds))?;
     drop(o_guard);
+    // The daemon under the same loop client, for an equal-footing row.
+    let daemon_loop =
+        tokio::task::block_in_place(|| loop_rounds(d.http, "/ocsp", &req_der, secs, rounds))?;
 
     // OCSP while redemptions saturate both cores.
     let stop = Arc::new(AtomicBool::new(false));
@@ -426,8 +466,12 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
          responders. The bare server (axum on hyper, as the daemon's HTTP side) answers every \
          request with {size} fixed bytes. `openssl ocsp -index ... -rsigner -rkey -CA` uses \
          the daemon's own responder certificate and key and signs each answer; it serves one \
-         connection at a time, so it is measured with one wrk connection (`-t1 -c1`): more \
-         connections only queue. wrk runs on the same 2 cores as the server.\n\n"
+         connection at a time and closes it after each answer (HTTP/1.0), so it is driven by a \
+         loop client (one request per connection, back to back; more clients would only \
+         queue). wrk cannot drive it: wrk opens and closes a probe connection first, and the \
+         openssl 3.0.x responder then waits on that dead connection forever (also with \
+         `-timeout`; `-multi` does not help). The same loop client against the daemon gives \
+         an equal-footing row. wrk and the loop client run on the same 2 cores as the servers.\n\n"
     ));
     t.push_str(
         "| responder | wrk threads × connections | requests/s | p50 ms | p99 ms | errors |\n\
@@ -445,7 +489,16 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
         &daemon,
     ));
     t.push_str(&row("bare HTTP, fixed body", "2 × 16", &bare));
-    t.push_str(&row("`openssl ocsp` responder", "1 × 1", &openssl));
+    t.push_str(&row(
+        "`openssl ocsp` responder (loop client)",
+        "1 connection at a time, new per request",
+        &openssl,
+    ));
+    t.push_str(&row(
+        "ca-daemon `POST /ocsp` (same loop client)",
+        "1 connection at a time, new per request",
+        &daemon_loop,
+    ));
     t.push_str(&row(
         &format!("ca-daemon while redeeming ({redemptions:.0} redemptions/s, 16 clients)"),
         "2 × 16",
@@ -463,25 +516,25 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
             format!(
                 "- daemon ÷ openssl ocsp = {} (target ≥ 10×): {}",
                 stats::ratio(daemon.rps, openssl.rps),
-                stats::verdict(daemon.rps >= 10.0 * openssl.rps)
+                stats::verdict(openssl.rps > 0.0 && daemon.rps >= 10.0 * openssl.rps)
             ),
-            daemon.rps >= 10.0 * openssl.rps,
+            openssl.rps > 0.0 && daemon.rps >= 10.0 * openssl.rps,
         ),
         (
             format!(
                 "- daemon ÷ bare HTTP = {} (target ≥ 70 %): {}",
                 stats::percent(daemon.rps, bare.rps),
-                stats::verdict(daemon.rps >= 0.7 * bare.rps)
+                stats::verdict(bare.rps > 0.0 && daemon.rps >= 0.7 * bare.rps)
             ),
-            daemon.rps >= 0.7 * bare.rps,
+            bare.rps > 0.0 && daemon.rps >= 0.7 * bare.rps,
         ),
         (
             format!(
                 "- OCSP p99 while redemptions saturate the cores = {:.3} ms (target ≤ 5 ms): {}",
                 loaded.p99_ms,
-                stats::verdict(loaded.p99_ms <= 5.0)
+                stats::verdict(loaded.rps > 0.0 && loaded.p99_ms <= 5.0)
             ),
-            loaded.p99_ms <= 5.0,
+            loaded.rps > 0.0 && loaded.p99_ms <= 5.0,
         ),
     ];
     t.push_str("\nTargets (DESIGN.md §9):\n\n");
@@ -497,8 +550,7 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
         ));
     } else if openssl.errors > 0 {
         t.push_str(&format!(
-            "\nwrk counted {} read/connect errors against `openssl ocsp`: it closes the connection \
-             after each answer and wrk reconnects.\n",
+            "\n{} failed requests against `openssl ocsp`.\n",
             openssl.errors
         ));
     }

@@ -410,6 +410,13 @@ fn hyperfine_one(pem: &PemPki, profile: &Profile, runs: usize) -> Result<(f64, f
     Ok((ms("median"), ms("mean"), ms("stddev")))
 }
 
+/// CPU per redemption of the daemon process and of this benchmark's client side.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    daemon_ms: f64,
+    client_ms: f64,
+}
+
 struct Sizes {
     clients: Vec<usize>,
     rounds: usize,
@@ -450,6 +457,7 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
     let pem = common::export_pem(&pki, &work.join("pem"))?;
     write_openssl_pipeline(&pem)?;
     let policy = Policy::default_policy();
+    let daemon_pid = common::daemon_pid(d.grpc);
     let mut md = String::new();
     let mut rows = Vec::new();
     let mut targets = Vec::new();
@@ -467,6 +475,7 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
         ));
         // Floor: 1 thread .. cores threads.
         let mut floor = std::collections::BTreeMap::new();
+        let mut floor_cpu = std::collections::BTreeMap::new();
         for threads in 1..=cores {
             let (pki_ref, pol) = (&pki, &policy);
             let warm = tokio::task::block_in_place(|| {
@@ -474,12 +483,20 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
             })?;
             let n = ops_for(warm.rate(), &s, 2 * threads);
             let mut rounds = Vec::new();
+            let (mut cpu, mut ops) = (0.0, 0usize);
             for _ in 0..s.rounds {
-                rounds.push(tokio::task::block_in_place(|| {
+                let c0 = common::cpu_time("self");
+                let r = tokio::task::block_in_place(|| {
                     floor_round(pki_ref, pol, profile.os, threads, n)
-                })?);
+                })?;
+                if let (Some(a), Some(b)) = (c0, common::cpu_time("self")) {
+                    cpu += (b - a).as_secs_f64();
+                }
+                ops += r.ops;
+                rounds.push(r);
             }
             floor.insert(threads, stats::summarize(&rounds));
+            floor_cpu.insert(threads, 1e3 * cpu / ops.max(1) as f64);
         }
         for &c in &s.clients {
             let clients = common::enrollment_clients(&d, c).await?;
@@ -491,12 +508,27 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
             let warm = common::redeem_all(&clients, Arc::new(warm_t)).await?;
             let n = ops_for(warm.rate(), &s, 2 * c);
             let mut rounds = Vec::new();
+            let (mut d_cpu, mut c_cpu, mut ops) = (0.0, 0.0, 0usize);
             for _ in 0..s.rounds {
                 let t = common::create_tickets(&d, proto_os(profile.os), next_person, n, 8).await?;
                 next_person += n as u32;
-                rounds.push(common::redeem_all(&clients, Arc::new(t)).await?);
+                let d0 = daemon_pid.as_deref().and_then(common::cpu_time);
+                let c0 = common::cpu_time("self");
+                let r = common::redeem_all(&clients, Arc::new(t)).await?;
+                if let (Some(a), Some(b)) = (d0, daemon_pid.as_deref().and_then(common::cpu_time)) {
+                    d_cpu += (b - a).as_secs_f64();
+                }
+                if let (Some(a), Some(b)) = (c0, common::cpu_time("self")) {
+                    c_cpu += (b - a).as_secs_f64();
+                }
+                ops += r.ops;
+                rounds.push(r);
             }
             let daemon = stats::summarize(&rounds);
+            let cpu = Cpu {
+                daemon_ms: 1e3 * d_cpu / ops.max(1) as f64,
+                client_ms: 1e3 * c_cpu / ops.max(1) as f64,
+            };
             // openssl at the same parallelism: ~40 ms a bundle, so fewer bundles.
             let per_round = match mode {
                 Mode::Full => (8 * c).max(30),
@@ -512,7 +544,8 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
             let openssl = stats::summarize(&o_rounds);
             let ft = c.min(cores);
             let fl = floor.get(&ft).copied().unwrap_or_default();
-            rows.push((profile, c, daemon, openssl, ft, fl));
+            let fl_cpu = floor_cpu.get(&ft).copied().unwrap_or(0.0);
+            rows.push((profile, c, daemon, openssl, ft, fl, cpu, fl_cpu));
         }
         md.push_str(&floor_table(&profile, &floor));
     }
@@ -521,7 +554,7 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
         "| profile | clients | daemon bundles/s | p50 ms | p99 ms | openssl bundles/s (p50 ms) | daemon ÷ openssl | floor bundles/s (threads) | daemon ÷ floor |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
-    for (p, c, dm, op, ft, fl) in &rows {
+    for (p, c, dm, op, ft, fl, _, _) in &rows {
         table.push_str(&format!(
             "| {} | {c} | {:.0} | {:.2} | {:.2} | {:.1} ({:.0}) | {} | {:.0} ({ft}) | {} |\n",
             p.name,
@@ -536,17 +569,37 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
         ));
         if p.triple_des {
             targets.push(format!(
-                "- {} ({c} clients): daemon ÷ openssl = {} (target ≥ 30×): {}",
+                "- {}, {c} client{}: daemon ÷ openssl = {} (target ≥ 30×): {}",
                 p.name,
+                if *c == 1 { "" } else { "s" },
                 stats::ratio(dm.rate, op.rate),
                 stats::verdict(dm.rate >= 30.0 * op.rate)
             ));
         }
         targets.push(format!(
-            "- {} ({c} clients): daemon ÷ floor({ft} threads) = {} (target ≥ 70 %): {}",
+            "- {}, {c} client{}: daemon ÷ floor({ft} thread{}) = {} (target ≥ 70 %): {}",
             p.name,
+            if *c == 1 { "" } else { "s" },
+            if *ft == 1 { "" } else { "s" },
             stats::percent(dm.rate, fl.rate),
             stats::verdict(dm.rate >= 0.7 * fl.rate)
+        ));
+    }
+    let mut cpu_table = String::from(
+        "\nWhere the CPU goes (CPU time per bundle = user + system time of the process over the \
+         timed rounds ÷ bundles; the client is this benchmark's own gRPC side, which shares \
+         the cores with the daemon):\n\n\
+         | profile | clients | daemon CPU ms/bundle | client CPU ms/bundle | floor CPU ms/bundle | daemon ÷ floor CPU |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for (p, c, _, _, _, _, cpu, fl_cpu) in &rows {
+        cpu_table.push_str(&format!(
+            "| {} | {c} | {:.2} | {:.2} | {:.2} | {} |\n",
+            p.name,
+            cpu.daemon_ms,
+            cpu.client_ms,
+            fl_cpu,
+            stats::ratio(cpu.daemon_ms, *fl_cpu),
         ));
     }
     let mut out = String::new();
@@ -564,6 +617,7 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
         s.rounds, s.secs
     ));
     out.push_str(&table);
+    out.push_str(&cpu_table);
     out.push('\n');
     out.push_str(&md);
     out.push_str("\nTargets (DESIGN.md §9):\n\n");

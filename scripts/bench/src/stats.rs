@@ -88,7 +88,7 @@ pub fn ratio(a: f64, b: f64) -> String {
 /// A percentage `a / b` as `87 %`.
 pub fn percent(a: f64, b: f64) -> String {
     if b > 0.0 {
-        format!("{:.0} %", 100.0 * a / b)
+        format!("{:.1} %", 100.0 * a / b)
     } else {
         "n/a".into()
     }
