@@ -806,6 +806,8 @@ async fn accept_loop(listener: TcpListener, state: Arc<TlsState>, mut stop: watc
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => match state.acceptor() {
                     Some(acceptor) => {
+                        // Without it, Nagle + delayed ACK add ~40 ms to every TLS 1.3 handshake.
+                        let _ = tcp.set_nodelay(true);
                         connections.spawn(serve_connection(acceptor, tcp, peer));
                     }
                     None => warn!(%peer, "connection refused: no CRL applied yet"),
