@@ -487,29 +487,39 @@ mod tests {
         (dir, loaded)
     }
 
+    fn urls() -> CertUrls {
+        CertUrls {
+            crl: "http://127.0.0.1:8080/crl/x.crl".into(),
+            ocsp: "http://127.0.0.1:8080/ocsp".into(),
+            ca_issuers: "http://127.0.0.1:8080/ca/x.crt".into(),
+        }
+    }
+
+    fn request<'a>(
+        issuer: &'a crate::pki::LoadedIssuer,
+        e: &'a Enrollee,
+        profile: &'a pki_policy::CertProfile,
+        urls: &'a CertUrls,
+    ) -> LeafRequest<'a> {
+        LeafRequest {
+            enrollee: e,
+            profile,
+            issuer_cert_der: &issuer.cert_der,
+            issuer_key: &issuer.key,
+            issuer_not_after: issuer.not_after,
+            urls,
+            now: OffsetDateTime::now_utc(),
+        }
+    }
+
     #[test]
     fn issues_a_linted_leaf_with_utf8_names_capped_at_the_issuer() {
         let (_dir, pki) = pki();
         let issuer = pki.active_issuer().expect("active issuer");
         let policy = pki_policy::Policy::default_policy();
         let mut profile = policy.cert_profile(None).expect("profile").clone();
-        let urls = CertUrls {
-            crl: "http://127.0.0.1:8080/crl/x.crl".into(),
-            ocsp: "http://127.0.0.1:8080/ocsp".into(),
-            ca_issuers: "http://127.0.0.1:8080/ca/x.crt".into(),
-        };
-        let e = enrollee();
-        let now = OffsetDateTime::now_utc();
-        let leaf = issue_leaf(&LeafRequest {
-            enrollee: &e,
-            profile: &profile,
-            issuer_cert_der: &issuer.cert_der,
-            issuer_key: &issuer.key,
-            issuer_not_after: issuer.not_after,
-            urls: &urls,
-            now,
-        })
-        .expect("issue");
+        let (e, urls) = (enrollee(), urls());
+        let leaf = issue_leaf(&request(issuer, &e, &profile, &urls)).expect("issue");
         assert_eq!(leaf.serial_hex.len(), 32);
         let (_, cert) = X509Certificate::from_der(&leaf.der).expect("parse");
         let o = cert
@@ -524,16 +534,7 @@ mod tests {
 
         // A profile longer than the issuer's remaining life is capped at the issuer.
         profile.validity_days = 100_000;
-        let leaf = issue_leaf(&LeafRequest {
-            enrollee: &e,
-            profile: &profile,
-            issuer_cert_der: &issuer.cert_der,
-            issuer_key: &issuer.key,
-            issuer_not_after: issuer.not_after,
-            urls: &urls,
-            now,
-        })
-        .expect("issue");
+        let leaf = issue_leaf(&request(issuer, &e, &profile, &urls)).expect("issue");
         assert_eq!(
             leaf.not_after.unix_timestamp(),
             issuer.not_after.unix_timestamp()
@@ -546,21 +547,8 @@ mod tests {
         let issuer = pki.active_issuer().expect("active issuer");
         let policy = pki_policy::Policy::default_policy();
         let profile = policy.cert_profile(None).expect("profile").clone();
-        let urls = CertUrls {
-            crl: "http://127.0.0.1:8080/crl/x.crl".into(),
-            ocsp: "http://127.0.0.1:8080/ocsp".into(),
-            ca_issuers: "http://127.0.0.1:8080/ca/x.crt".into(),
-        };
-        let e = enrollee();
-        let req = LeafRequest {
-            enrollee: &e,
-            profile: &profile,
-            issuer_cert_der: &issuer.cert_der,
-            issuer_key: &issuer.key,
-            issuer_not_after: issuer.not_after,
-            urls: &urls,
-            now: OffsetDateTime::now_utc(),
-        };
+        let (e, urls) = (enrollee(), urls());
+        let req = request(issuer, &e, &profile, &urls);
         let leaf = issue_leaf(&req).expect("issue");
         let subject = profile.subject.render(&e);
         let uri = enrollee_uri(&e);
@@ -585,10 +573,7 @@ mod tests {
             crl: "http://elsewhere/crl".into(),
             ..urls.clone()
         };
-        let req2 = LeafRequest {
-            urls: &other_urls,
-            ..req
-        };
+        let req2 = request(issuer, &e, &profile, &other_urls);
         assert!(lint_leaf(&leaf.der, &req2, &leaf.serial_hex, &uri, &subject).is_err());
     }
 }
