@@ -284,7 +284,20 @@ impl Load {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issuer_rotation_under_load_loses_no_call_and_keeps_the_old_issuer_revocable() {
-    let daemon = Daemon::start().expect("daemon starts");
+    // The checks below read back every certificate the load issued (hundreds on a quiet
+    // machine): lift the per-caller rate limit, which `limits.rs` tests on its own.
+    let policy_dir = tempfile::tempdir().expect("tempdir");
+    let policy = policy_dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[limits]\nrate_per_caller_per_second = 100000\nrate_burst = 100000\n",
+    )
+    .expect("write policy");
+    let daemon = Daemon::start_with(DaemonOptions {
+        policy: Some(policy),
+        ..DaemonOptions::default()
+    })
+    .expect("daemon starts");
     let dd = data_dir_arg(&daemon);
     let before = list_issuers(&daemon).await;
     assert_eq!(before.len(), 1, "a fresh PKI has one issuer: {before:?}");
