@@ -144,7 +144,7 @@ pub struct Authority {
     ocsp: OcspResponder,
     crl_watch: Mutex<HashMap<String, watch::Sender<Option<Arc<CrlRecord>>>>>,
     crl_dirty: mpsc::UnboundedSender<String>,
-    cpu: Semaphore,
+    cpu: Arc<Semaphore>,
     redeeming: Mutex<HashSet<String>>,
     data_dir: PathBuf,
     passphrase: Arc<crate::keys::Passphrase>,
@@ -259,7 +259,7 @@ impl Authority {
             ocsp,
             crl_watch: Mutex::new(HashMap::new()),
             crl_dirty: tx,
-            cpu: Semaphore::new(cores),
+            cpu: Arc::new(Semaphore::new(cores)),
             redeeming: Mutex::new(HashSet::new()),
             data_dir,
             passphrase,
@@ -626,17 +626,24 @@ impl Authority {
         let urls = self.urls_for(&issuer.id);
         let root = self.root_cert_der.clone();
 
-        let _permit = self
+        // One hand-off to the blocking pool for the whole build → commit → pre-sign: each
+        // hand-off costs task switches, and redemption is the hot path (docs/benchmarks.md).
+        // The CPU permit bounds the key generation, signing and KDFs to the core count and is
+        // released before the (group-committed) durable write.
+        let permit = self
             .cpu
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| CaError::Unavailable("shutting down".into()))?;
-        let enrollee = ticket.enrollee.clone();
+        let this = self.clone();
+        let actor = caller.actor();
         let password = req.password.clone();
         let issuer2 = issuer.clone();
         let built = blocking(move || {
+            let enrollee = &ticket.enrollee;
             let leaf = issue::issue_leaf(&LeafRequest {
-                enrollee: &enrollee,
+                enrollee,
                 profile: &cert_profile,
                 issuer_cert_der: &issuer2.cert_der,
                 issuer_key: &issuer2.key,
@@ -679,71 +686,62 @@ impl Authority {
             } else {
                 (Vec::new(), String::new())
             };
-            Ok((leaf, chain, pfx, file_name, mobileconfig, mc_name, keystore))
-        })
-        .await?;
-        drop(_permit);
-        let (leaf, chain, pfx, file_name, mobileconfig, mobileconfig_file_name, keystore) = built;
+            drop(permit);
 
-        let record = CertRecord {
-            version: 1,
-            serial: leaf.serial_hex.clone(),
-            issuer_id: issuer.id.clone(),
-            der: leaf.der.clone(),
-            facility_id: ticket.enrollee.facility.id.clone(),
-            person_id: ticket.enrollee.person.id.clone(),
-            device_id: ticket.enrollee.device.id.clone(),
-            os,
-            keystore_profile: keystore.name.clone(),
-            ticket_number: ticket.number.clone(),
-            not_before: leaf.not_before,
-            not_after: leaf.not_after,
-            issued_at: now,
-            revocation: None,
-        };
-        let event = AuditEvent {
-            actor: caller.actor(),
-            action: "certificate.issued".into(),
-            target: format!("serial:{}", leaf.serial_hex),
-            detail: format!(
-                "ticket={} issuer={} facility={} person={} device={} os={} keystore={}",
-                ticket.number,
-                issuer.id,
-                record.facility_id,
-                record.person_id,
-                record.device_id,
+            let record = CertRecord {
+                version: 1,
+                serial: leaf.serial_hex.clone(),
+                issuer_id: issuer2.id.clone(),
+                der: leaf.der.clone(),
+                facility_id: enrollee.facility.id.clone(),
+                person_id: enrollee.person.id.clone(),
+                device_id: enrollee.device.id.clone(),
                 os,
-                keystore.name
-            ),
-        };
-        let store = self.store.clone();
-        let number = ticket.number.clone();
-        let mac = ticket.password_mac;
-        let rec2 = record.clone();
-        blocking(move || {
-            store
-                .redeem_ticket(&number, &mac, now, &rec2, event)
+                keystore_profile: keystore.name.clone(),
+                ticket_number: ticket.number.clone(),
+                not_before: leaf.not_before,
+                not_after: leaf.not_after,
+                issued_at: now,
+                revocation: None,
+            };
+            let event = AuditEvent {
+                actor,
+                action: "certificate.issued".into(),
+                target: format!("serial:{}", leaf.serial_hex),
+                detail: format!(
+                    "ticket={} issuer={} facility={} person={} device={} os={} keystore={}",
+                    ticket.number,
+                    issuer2.id,
+                    record.facility_id,
+                    record.person_id,
+                    record.device_id,
+                    os,
+                    keystore.name
+                ),
+            };
+            this.store
+                .redeem_ticket(&ticket.number, &ticket.password_mac, now, &record, event)
                 .map_err(|e| match e {
                     StoreError::StateMismatch { actual } => {
                         CaError::TicketNotRedeemable { state: actual }
                     }
                     e => store_err(e),
-                })
+                })?;
+            tracing::info!(ticket = %ticket.number, serial = %leaf.serial_hex, issuer = %issuer2.id,
+                os = %os, keystore = %keystore.name, "ticket redeemed, certificate issued");
+            // Warm the OCSP cache so the first status request costs a lookup.
+            if let Err(e) = this.ocsp.presign(
+                &issuer2.id,
+                &leaf.serial_hex,
+                CertStatus::Good,
+                OffsetDateTime::now_utc(),
+            ) {
+                tracing::warn!(serial = %leaf.serial_hex, error = %e, "OCSP pre-signing failed");
+            }
+            Ok((leaf, chain, pfx, file_name, mobileconfig, mc_name))
         })
         .await?;
-        tracing::info!(ticket = %ticket.number, serial = %leaf.serial_hex, issuer = %issuer.id,
-            os = %os, keystore = %keystore.name, "ticket redeemed, certificate issued");
-        // Warm the OCSP cache off the request path.
-        let this = self.clone();
-        let (iid, serial) = (issuer.id.clone(), leaf.serial_hex.clone());
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) =
-                this.ocsp
-                    .presign(&iid, &serial, CertStatus::Good, OffsetDateTime::now_utc())
-            {
-                tracing::warn!(serial = %serial, error = %e, "OCSP pre-signing failed");
-            }
-        });
+        let (leaf, chain, pfx, file_name, mobileconfig, mobileconfig_file_name) = built;
 
         Ok(Bundle {
             pkcs12: pfx,
