@@ -464,7 +464,12 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
     let mut infos = Vec::new();
     let mut next_person = 1u32;
 
-    for profile in PROFILES {
+    // `PKI_BENCH_PROFILES=ios` (comma-separated) restricts a run while investigating.
+    let only = std::env::var("PKI_BENCH_PROFILES").ok();
+    for profile in PROFILES.into_iter().filter(|p| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|n| n.trim() == p.name))
+    }) {
         infos.push((profile.name, check_openssl_bundle(&pem, &profile)?));
         let runs = if mode == Mode::Full { 20 } else { 3 };
         let (pem2, p2) = (pem.clone(), profile);
