@@ -103,6 +103,8 @@ struct Inner {
     writer: Mutex<()>,
     flush: FlushCoordinator,
     path: PathBuf,
+    /// False only for [`SledStore::open_for_bulk_load`]: writes return before they are durable.
+    durable_writes: bool,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -126,6 +128,26 @@ impl SledStore {
     /// Opens (creating if needed) the store in directory `path`. Fails if another process
     /// has it open, or if it was written by a newer layout.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, true)
+    }
+
+    /// Opens the store for an offline bulk load (seeding a benchmark, a migration): writes
+    /// return once committed, without waiting for a flush, and the data is made durable by
+    /// [`Self::flush_all`] (call it before dropping the store) or sled's periodic flush. A
+    /// crash before that loses the writes since the last flush, never consistency (each
+    /// write is still one transaction). Never use it for a serving daemon.
+    #[doc(hidden)]
+    pub fn open_for_bulk_load(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, false)
+    }
+
+    /// Makes every committed write durable (one flush).
+    pub fn flush_all(&self) -> Result<(), StoreError> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    fn open_with(path: &Path, durable_writes: bool) -> Result<Self, StoreError> {
         let db = ::sled::Config::new().path(path).open()?;
         let trees = TREE_NAMES
             .iter()
@@ -153,6 +175,7 @@ impl SledStore {
                 writer: Mutex::new(()),
                 flush: FlushCoordinator::default(),
                 path: path.to_owned(),
+                durable_writes,
             }),
         })
     }
@@ -232,9 +255,11 @@ impl SledStore {
             let _writer = lock(&self.inner.writer);
             body()?
         };
-        self.inner
-            .flush
-            .wait_durable(|| self.inner.db.flush().map(drop).map_err(StoreError::from))?;
+        if self.inner.durable_writes {
+            self.inner
+                .flush
+                .wait_durable(|| self.inner.db.flush().map(drop).map_err(StoreError::from))?;
+        }
         for entry in &entries {
             audit::log_entry(entry);
         }
@@ -1587,5 +1612,37 @@ mod tests {
         for w in times.windows(2) {
             assert!(time_key(w[0]) < time_key(w[1]));
         }
+    }
+
+    #[test]
+    fn bulk_load_skips_the_per_write_flush_and_keeps_the_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store");
+        {
+            let bulk = SledStore::open_for_bulk_load(&path).expect("open bulk");
+            for i in 0..3 {
+                bulk.append_audit(AuditEvent {
+                    actor: "test".into(),
+                    action: "seed".into(),
+                    target: format!("n:{i}"),
+                    detail: String::new(),
+                })
+                .expect("append");
+            }
+            assert_eq!(bulk.flush_count(), 0, "bulk writes must not flush one by one");
+            bulk.flush_all().expect("flush");
+        }
+        let store = SledStore::open(&path).expect("reopen");
+        assert_eq!(store.audit_entries(1, 10).expect("audit").len(), 3);
+        assert!(store.verify_audit().expect("verify").ok);
+        store
+            .append_audit(AuditEvent {
+                actor: "test".into(),
+                action: "serve".into(),
+                target: "n:3".into(),
+                detail: String::new(),
+            })
+            .expect("append");
+        assert_eq!(store.flush_count(), 1, "a normal store flushes each write");
     }
 }
