@@ -1629,7 +1629,11 @@ mod tests {
                 })
                 .expect("append");
             }
-            assert_eq!(bulk.flush_count(), 0, "bulk writes must not flush one by one");
+            assert_eq!(
+                bulk.flush_count(),
+                0,
+                "bulk writes must not flush one by one"
+            );
             bulk.flush_all().expect("flush");
         }
         let store = SledStore::open(&path).expect("reopen");

@@ -146,6 +146,16 @@ pub fn floor_leaf(pki: &LoadedPki, policy: &Policy) -> Result<LeafTemplate> {
 /// ticket check: P-256 key, signed and linted leaf, PKCS#12 (and the .mobileconfig when the
 /// keystore profile asks for one).
 pub fn floor_bundle(pki: &LoadedPki, policy: &Policy, os: TargetOs, n: usize) -> Result<usize> {
+    floor_bundle_leaf(pki, policy, os, n).map(|(_, size)| size)
+}
+
+/// [`floor_bundle`], also returning the leaf (for the store's record) and the keystore profile.
+fn floor_bundle_leaf(
+    pki: &LoadedPki,
+    policy: &Policy,
+    os: TargetOs,
+    n: usize,
+) -> Result<((issue::IssuedLeaf, String), usize)> {
     let issuer = pki
         .active_issuer()
         .ok_or_else(|| BenchError::Failed("no active issuer".into()))?;
@@ -198,7 +208,7 @@ pub fn floor_bundle(pki: &LoadedPki, policy: &Policy, os: TargetOs, n: usize) ->
         .map_err(|e| BenchError::Failed(format!("build_mobileconfig: {e}")))?;
         size += mc.len();
     }
-    Ok(size)
+    Ok(((leaf, keystore.name.clone()), size))
 }
 
 /// `count` floor bundles on `threads` threads.
@@ -238,6 +248,85 @@ pub fn floor_round(
     });
     let wall = start.elapsed();
     let mut latencies = Vec::with_capacity(count);
+    for r in results {
+        latencies.extend(r?);
+    }
+    Ok(Round {
+        ops: latencies.len(),
+        wall,
+        latencies,
+    })
+}
+
+/// The floor plus the store's part of a redemption, in-process on `threads` threads: read the
+/// ticket, build the same bundle, commit the redemption durably (the daemon's `SledStore`
+/// transaction and group commit). What is left between this and the daemon is gRPC, TLS,
+/// HTTP/2, tokio hand-offs and the OCSP pre-signing. `tickets` come from
+/// [`crate::scale::seed_ticket`]; `first` is the enrollee number of `tickets[0]`.
+pub fn floor_store_round(
+    pki: &LoadedPki,
+    policy: &Policy,
+    os: TargetOs,
+    threads: usize,
+    store: &ca_daemon::store::SledStore,
+    tickets: &[(String, [u8; 32])],
+    first: usize,
+) -> Result<Round> {
+    use ca_daemon::store::Store as _;
+    let issuer_id = pki
+        .active_issuer()
+        .map(|i| i.id.clone())
+        .ok_or_else(|| BenchError::Failed("no active issuer".into()))?;
+    let next = AtomicUsize::new(0);
+    let start = Instant::now();
+    let results: Vec<Result<Vec<Duration>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut lat = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((number, mac)) = tickets.get(i) else {
+                            return Ok(lat);
+                        };
+                        let t0 = Instant::now();
+                        let ticket = store
+                            .ticket(number)
+                            .map_err(|e| BenchError::Failed(format!("read ticket: {e}")))?
+                            .ok_or_else(|| BenchError::Failed("seeded ticket missing".into()))?;
+                        let ((leaf, keystore), _) = floor_bundle_leaf(pki, policy, os, first + i)?;
+                        crate::scale::redeem_seeded(
+                            store,
+                            number,
+                            &ticket.password_mac,
+                            first + i,
+                            crate::scale::CertParts {
+                                serial: &leaf.serial_hex,
+                                issuer_id: &issuer_id,
+                                der: &leaf.der,
+                                not_before: leaf.not_before,
+                                not_after: leaf.not_after,
+                                os,
+                                keystore_profile: &keystore,
+                            },
+                        )?;
+                        debug_assert_eq!(&ticket.password_mac, mac);
+                        lat.push(t0.elapsed());
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(BenchError::Failed("floor+store thread panicked".into()))
+                })
+            })
+            .collect()
+    });
+    let wall = start.elapsed();
+    let mut latencies = Vec::with_capacity(tickets.len());
     for r in results {
         latencies.extend(r?);
     }
@@ -410,6 +499,13 @@ fn hyperfine_one(pem: &PemPki, profile: &Profile, runs: usize) -> Result<(f64, f
     Ok((ms("median"), ms("mean"), ms("stddev")))
 }
 
+/// The floor plus the store, in-process, at the floor's thread count.
+#[derive(Debug, Clone, Copy)]
+struct FloorStore {
+    rate: f64,
+    cpu_ms: f64,
+}
+
 /// CPU per redemption of the daemon process and of this benchmark's client side.
 #[derive(Debug, Clone, Copy)]
 struct Cpu {
@@ -503,6 +599,46 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
             floor.insert(threads, stats::summarize(&rounds));
             floor_cpu.insert(threads, 1e3 * cpu / ops.max(1) as f64);
         }
+        // Floor + store (in-process, durable SledStore): where the store's share shows.
+        let mut floor_store = std::collections::BTreeMap::new();
+        let mut floor_store_cpu = std::collections::BTreeMap::new();
+        {
+            let store = ca_daemon::store::SledStore::open(
+                &work.join(format!("floor-store-{}", profile.name)),
+            )
+            .map_err(|e| BenchError::Failed(format!("open floor store: {e}")))?;
+            let mut first = 0usize;
+            for threads in 1..=cores {
+                let (pki_ref, pol, st) = (&pki, &policy, &store);
+                let fl_rate = floor.get(&threads).map(|f| f.rate).unwrap_or(100.0);
+                let n = ops_for(fl_rate, &s, 2 * threads);
+                let mut rounds = Vec::new();
+                let (mut cpu, mut ops) = (0.0, 0usize);
+                for round in 0..=s.rounds {
+                    let count = if round == 0 { 4 * threads } else { n };
+                    let tickets = tokio::task::block_in_place(|| {
+                        (first..first + count)
+                            .map(|i| crate::scale::seed_ticket(st, i, i as u64))
+                            .collect::<Result<Vec<_>>>()
+                    })?;
+                    let c0 = common::cpu_time("self");
+                    let r = tokio::task::block_in_place(|| {
+                        floor_store_round(pki_ref, pol, profile.os, threads, st, &tickets, first)
+                    })?;
+                    first += count;
+                    if round == 0 {
+                        continue; // warm-up
+                    }
+                    if let (Some(a), Some(b)) = (c0, common::cpu_time("self")) {
+                        cpu += (b - a).as_secs_f64();
+                    }
+                    ops += r.ops;
+                    rounds.push(r);
+                }
+                floor_store.insert(threads, stats::summarize(&rounds));
+                floor_store_cpu.insert(threads, 1e3 * cpu / ops.max(1) as f64);
+            }
+        }
         for &c in &s.clients {
             let clients = common::enrollment_clients(&d, c).await?;
             // Warm-up (connections, caches) and calibration, untimed.
@@ -550,18 +686,34 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
             let ft = c.min(cores);
             let fl = floor.get(&ft).copied().unwrap_or_default();
             let fl_cpu = floor_cpu.get(&ft).copied().unwrap_or(0.0);
-            rows.push((profile, c, daemon, openssl, ft, fl, cpu, fl_cpu));
+            let fs = FloorStore {
+                rate: floor_store.get(&ft).map(|f| f.rate).unwrap_or(0.0),
+                cpu_ms: floor_store_cpu.get(&ft).copied().unwrap_or(0.0),
+            };
+            rows.push((profile, c, daemon, openssl, ft, fl, cpu, fl_cpu, fs));
         }
         md.push_str(&floor_table(&profile, &floor));
+        md.push_str(&format!(
+            "Floor + store, {} (in-process, durable `SledStore`, no gRPC): {}\n",
+            profile.name,
+            floor_store
+                .iter()
+                .map(|(t, f)| format!(
+                    "{t} thread(s) {:.0} bundles/s (p50 {:.2} ms)",
+                    f.rate, f.p50_ms
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
 
     let mut table = String::from(
-        "| profile | clients | daemon bundles/s | p50 ms | p99 ms | openssl bundles/s (p50 ms) | daemon ÷ openssl | floor bundles/s (threads) | daemon ÷ floor |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| profile | clients | daemon bundles/s | p50 ms | p99 ms | openssl bundles/s (p50 ms) | daemon ÷ openssl | floor bundles/s (threads) | floor + store bundles/s | daemon ÷ floor |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
-    for (p, c, dm, op, ft, fl, _, _) in &rows {
+    for (p, c, dm, op, ft, fl, _, _, fs) in &rows {
         table.push_str(&format!(
-            "| {} | {c} | {:.0} | {:.2} | {:.2} | {:.1} ({:.0}) | {} | {:.0} ({ft}) | {} |\n",
+            "| {} | {c} | {:.0} | {:.2} | {:.2} | {:.1} ({:.0}) | {} | {:.0} ({ft}) | {:.0} | {} |\n",
             p.name,
             dm.rate,
             dm.p50_ms,
@@ -570,6 +722,7 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
             op.p50_ms,
             stats::ratio(dm.rate, op.rate),
             fl.rate,
+            fs.rate,
             stats::percent(dm.rate, fl.rate),
         ));
         if p.triple_des {
@@ -594,17 +747,27 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
         "\nWhere the CPU goes (CPU time per bundle = user + system time of the process over the \
          timed rounds ÷ bundles; the client is this benchmark's own gRPC side, which shares \
          the cores with the daemon):\n\n\
-         | profile | clients | daemon CPU ms/bundle | client CPU ms/bundle | floor CPU ms/bundle | daemon ÷ floor CPU |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: |\n",
+         | profile | clients | floor CPU ms/bundle | floor + store CPU ms/bundle | daemon CPU ms/bundle | client CPU ms/bundle | daemon ÷ floor CPU | ceiling: daemon ÷ floor at 100 % CPU |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
-    for (p, c, _, _, _, _, cpu, fl_cpu) in &rows {
+    for (p, c, _, _, ft, _, cpu, fl_cpu, fs) in &rows {
+        // If every core did nothing but this work: rate = threads ÷ CPU per bundle, for the
+        // daemon counting its client's share too (both run on these cores).
+        let ceiling = (*fl_cpu > 0.0 && cpu.daemon_ms > 0.0)
+            .then(|| fl_cpu / (cpu.daemon_ms + cpu.client_ms));
         cpu_table.push_str(&format!(
-            "| {} | {c} | {:.2} | {:.2} | {:.2} | {} |\n",
+            "| {} | {c} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |\n",
             p.name,
+            fl_cpu,
+            fs.cpu_ms,
             cpu.daemon_ms,
             cpu.client_ms,
-            fl_cpu,
             stats::ratio(cpu.daemon_ms, *fl_cpu),
+            ceiling.map_or("–".to_owned(), |x| format!(
+                "{:.0} % ({ft} thread{})",
+                100.0 * x,
+                if *ft == 1 { "" } else { "s" }
+            )),
         ));
     }
     let mut out = String::new();

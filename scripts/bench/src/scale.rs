@@ -94,16 +94,63 @@ fn seed_one(
     i: usize,
     r: u64,
 ) -> Result<()> {
-    let now = time::OffsetDateTime::now_utc();
-    let number = format!("{:08}", 10_000_000 + i);
+    let (number, mac) = seed_ticket(store, i, r)?;
     let mut serial = [0u8; 16];
     serial[..8].copy_from_slice(&r.to_be_bytes());
     serial[8..].copy_from_slice(&(i as u64).to_be_bytes());
     serial[0] = (serial[0] & 0x7f).max(1);
     let serial = hex::encode(serial);
+    redeem_seeded(
+        store,
+        &number,
+        &mac,
+        i,
+        CertParts {
+            serial: &serial,
+            issuer_id,
+            der: &t.der,
+            not_before: t.not_before,
+            not_after: t.not_after,
+            os: TargetOs::Ios,
+            keystore_profile: "ios",
+        },
+    )
+}
+
+/// What a synthetic certificate record is made of.
+pub struct CertParts<'a> {
+    /// Serial, lowercase hex.
+    pub serial: &'a str,
+    /// Issuer id.
+    pub issuer_id: &'a str,
+    /// Certificate DER.
+    pub der: &'a [u8],
+    /// notBefore.
+    pub not_before: time::OffsetDateTime,
+    /// notAfter.
+    pub not_after: time::OffsetDateTime,
+    /// Device OS.
+    pub os: TargetOs,
+    /// Keystore profile name.
+    pub keystore_profile: &'a str,
+}
+
+fn event(action: &str, target: String) -> AuditEvent {
+    AuditEvent {
+        actor: "bench:seed".into(),
+        action: action.into(),
+        target,
+        detail: "synthetic record for the benchmarks".into(),
+    }
+}
+
+/// Creates the synthetic ticket number `10_000_000 + i` (enrollee `i`, MAC from `r`) and
+/// returns its number and password MAC.
+pub fn seed_ticket(store: &SledStore, i: usize, r: u64) -> Result<(String, [u8; 32])> {
+    let now = time::OffsetDateTime::now_utc();
+    let number = format!("{:08}", 10_000_000 + i);
     let mut mac = [0u8; 32];
     mac[..8].copy_from_slice(&r.to_le_bytes());
-    let enrollee = crate::redemption::enrollee(i, TargetOs::Ios);
     let ticket = TicketRecord {
         version: RECORD_VERSION,
         number: number.clone(),
@@ -112,44 +159,52 @@ fn seed_one(
         created_at: now,
         expires_at: now + time::Duration::days(14),
         failed_attempts: 0,
-        enrollee: enrollee.clone(),
+        enrollee: crate::redemption::enrollee(i, TargetOs::Ios),
         cert_profile: "default".into(),
         approved_by: "bench".into(),
         created_by: "bench:seed".into(),
         redeemed_serial: None,
     };
-    let event = |action: &str, target: String| AuditEvent {
-        actor: "bench:seed".into(),
-        action: action.into(),
-        target,
-        detail: "synthetic record for the scale benchmark".into(),
-    };
     store
         .create_ticket(&ticket, event("ticket.created", format!("ticket:{number}")))
         .map_err(failed("seed ticket"))?;
+    Ok((number, mac))
+}
+
+/// Redeems a ticket made by [`seed_ticket`] for enrollee `i` with the certificate `c`: the
+/// daemon's redemption transaction (ticket state, certificate, indexes, audit entry).
+pub fn redeem_seeded(
+    store: &SledStore,
+    number: &str,
+    mac: &[u8; 32],
+    i: usize,
+    c: CertParts<'_>,
+) -> Result<()> {
+    let now = time::OffsetDateTime::now_utc();
+    let enrollee = crate::redemption::enrollee(i, TargetOs::Ios);
     let cert = CertRecord {
         version: RECORD_VERSION,
-        serial: serial.clone(),
-        issuer_id: issuer_id.to_owned(),
-        der: t.der.clone(),
-        facility_id: enrollee.facility.id.clone(),
-        person_id: enrollee.person.id.clone(),
-        device_id: enrollee.device.id.clone(),
-        os: TargetOs::Ios,
-        keystore_profile: "ios".into(),
-        ticket_number: number.clone(),
-        not_before: t.not_before,
-        not_after: t.not_after,
+        serial: c.serial.to_owned(),
+        issuer_id: c.issuer_id.to_owned(),
+        der: c.der.to_vec(),
+        facility_id: enrollee.facility.id,
+        person_id: enrollee.person.id,
+        device_id: enrollee.device.id,
+        os: c.os,
+        keystore_profile: c.keystore_profile.into(),
+        ticket_number: number.to_owned(),
+        not_before: c.not_before,
+        not_after: c.not_after,
         issued_at: now,
         revocation: None,
     };
     store
         .redeem_ticket(
-            &number,
-            &mac,
+            number,
+            mac,
             now,
             &cert,
-            event("certificate.issued", format!("serial:{serial}")),
+            event("certificate.issued", format!("serial:{}", c.serial)),
         )
         .map_err(failed("seed certificate"))?;
     Ok(())
