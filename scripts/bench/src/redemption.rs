@@ -211,13 +211,11 @@ fn floor_bundle_leaf(
     Ok(((leaf, keystore.name.clone()), size))
 }
 
-/// `count` floor bundles on `threads` threads.
-pub fn floor_round(
-    pki: &LoadedPki,
-    policy: &Policy,
-    os: TargetOs,
+/// Runs `op(0..count)` on `threads` threads (each takes the next index) and times each call.
+fn timed_round(
     threads: usize,
     count: usize,
+    op: impl Fn(usize) -> Result<()> + Sync,
 ) -> Result<Round> {
     let next = AtomicUsize::new(0);
     let start = Instant::now();
@@ -232,7 +230,7 @@ pub fn floor_round(
                             return Ok(lat);
                         }
                         let t0 = Instant::now();
-                        floor_bundle(pki, policy, os, i)?;
+                        op(i)?;
                         lat.push(t0.elapsed());
                     }
                 })
@@ -242,7 +240,7 @@ pub fn floor_round(
             .into_iter()
             .map(|h| {
                 h.join()
-                    .unwrap_or_else(|_| Err(BenchError::Failed("floor thread panicked".into())))
+                    .unwrap_or_else(|_| Err(BenchError::Failed("bench thread panicked".into())))
             })
             .collect()
     });
@@ -255,6 +253,19 @@ pub fn floor_round(
         ops: latencies.len(),
         wall,
         latencies,
+    })
+}
+
+/// `count` floor bundles on `threads` threads.
+pub fn floor_round(
+    pki: &LoadedPki,
+    policy: &Policy,
+    os: TargetOs,
+    threads: usize,
+    count: usize,
+) -> Result<Round> {
+    timed_round(threads, count, |i| {
+        floor_bundle(pki, policy, os, i).map(drop)
     })
 }
 
@@ -277,63 +288,28 @@ pub fn floor_store_round(
         .active_issuer()
         .map(|i| i.id.clone())
         .ok_or_else(|| BenchError::Failed("no active issuer".into()))?;
-    let next = AtomicUsize::new(0);
-    let start = Instant::now();
-    let results: Vec<Result<Vec<Duration>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads.max(1))
-            .map(|_| {
-                s.spawn(|| {
-                    let mut lat = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some((number, mac)) = tickets.get(i) else {
-                            return Ok(lat);
-                        };
-                        let t0 = Instant::now();
-                        let ticket = store
-                            .ticket(number)
-                            .map_err(|e| BenchError::Failed(format!("read ticket: {e}")))?
-                            .ok_or_else(|| BenchError::Failed("seeded ticket missing".into()))?;
-                        let ((leaf, keystore), _) = floor_bundle_leaf(pki, policy, os, first + i)?;
-                        crate::scale::redeem_seeded(
-                            store,
-                            number,
-                            &ticket.password_mac,
-                            first + i,
-                            crate::scale::CertParts {
-                                serial: &leaf.serial_hex,
-                                issuer_id: &issuer_id,
-                                der: &leaf.der,
-                                not_before: leaf.not_before,
-                                not_after: leaf.not_after,
-                                os,
-                                keystore_profile: &keystore,
-                            },
-                        )?;
-                        debug_assert_eq!(&ticket.password_mac, mac);
-                        lat.push(t0.elapsed());
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(BenchError::Failed("floor+store thread panicked".into()))
-                })
-            })
-            .collect()
-    });
-    let wall = start.elapsed();
-    let mut latencies = Vec::with_capacity(tickets.len());
-    for r in results {
-        latencies.extend(r?);
-    }
-    Ok(Round {
-        ops: latencies.len(),
-        wall,
-        latencies,
+    timed_round(threads, tickets.len(), |i| {
+        let number = &tickets[i].0;
+        let ticket = store
+            .ticket(number)
+            .map_err(|e| BenchError::Failed(format!("read ticket: {e}")))?
+            .ok_or_else(|| BenchError::Failed("seeded ticket missing".into()))?;
+        let ((leaf, keystore), _) = floor_bundle_leaf(pki, policy, os, first + i)?;
+        crate::scale::redeem_seeded(
+            store,
+            number,
+            &ticket.password_mac,
+            first + i,
+            crate::scale::CertParts {
+                serial: &leaf.serial_hex,
+                issuer_id: &issuer_id,
+                der: &leaf.der,
+                not_before: leaf.not_before,
+                not_after: leaf.not_after,
+                os,
+                keystore_profile: &keystore,
+            },
+        )
     })
 }
 
