@@ -131,17 +131,6 @@ impl Daemon {
                 (Some(t), d)
             }
         };
-        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let metrics = if opts.metrics {
-            Some(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
-        } else {
-            None
-        };
-        let log_path = data_dir
-            .parent()
-            .unwrap_or(&data_dir)
-            .join(format!("daemon-{}.log", grpc.port()));
         let mut extra = opts.extra_args.clone();
         if let Some(p) = &opts.policy {
             extra.push("--policy".into());
@@ -151,14 +140,40 @@ impl Daemon {
             child: None,
             data_dir,
             _temp: temp,
-            grpc,
-            http,
-            metrics,
-            log_path,
+            grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics: None,
+            log_path: PathBuf::new(),
             extra_args: extra,
         };
-        d.spawn()?;
-        Ok(d)
+        // A port found free can be taken by a parallel test before the daemon binds it: then
+        // the daemon exits with "Address already in use" and we try again on new ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            d.grpc = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            d.http = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            d.metrics = if opts.metrics {
+                Some(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
+            } else {
+                None
+            };
+            d.log_path = d
+                .data_dir
+                .parent()
+                .unwrap_or(&d.data_dir)
+                .join(format!("daemon-{}.log", d.grpc.port()));
+            match d.spawn() {
+                Ok(()) => return Ok(d),
+                Err(HarnessError::NotReady(log))
+                    if attempt < 5 && log.contains("Address already in use") =>
+                {
+                    d.child = None;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn spawn(&mut self) -> Result<(), HarnessError> {
