@@ -168,7 +168,6 @@ impl Daemon {
                 Err(HarnessError::NotReady(log))
                     if attempt < 5 && log.contains("Address already in use") =>
                 {
-                    d.child = None;
                     continue;
                 }
                 Err(e) => return Err(e),

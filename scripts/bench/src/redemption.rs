@@ -62,6 +62,21 @@ pub const PROFILES: [Profile; 2] = [
     },
 ];
 
+impl Profile {
+    /// The environment `bundle.sh` reads: the PEM files, where to write, and this profile's
+    /// PKCS#12 algorithms and iteration count.
+    fn bundle_env(&self, pem: &PemPki, out: &Path) -> [(&'static str, std::ffi::OsString); 6] {
+        [
+            ("PEMDIR", pem.dir.clone().into_os_string()),
+            ("OUTDIR", out.as_os_str().to_owned()),
+            ("KEYPBE", self.keypbe.into()),
+            ("CERTPBE", self.certpbe.into()),
+            ("MACALG", self.macalg.into()),
+            ("ITER", self.iter.to_string().into()),
+        ]
+    }
+}
+
 fn proto_os(os: TargetOs) -> v1::TargetOs {
     match os {
         TargetOs::Windows => v1::TargetOs::Windows,
@@ -280,7 +295,7 @@ pub fn floor_store_round(
     os: TargetOs,
     threads: usize,
     store: &ca_daemon::store::SledStore,
-    tickets: &[(String, [u8; 32])],
+    tickets: &[ca_daemon::store::TicketRecord],
     first: usize,
 ) -> Result<Round> {
     use ca_daemon::store::Store as _;
@@ -289,17 +304,15 @@ pub fn floor_store_round(
         .map(|i| i.id.clone())
         .ok_or_else(|| BenchError::Failed("no active issuer".into()))?;
     timed_round(threads, tickets.len(), |i| {
-        let number = &tickets[i].0;
+        // Read back from the store, as the daemon does before it checks the password.
         let ticket = store
-            .ticket(number)
+            .ticket(&tickets[i].number)
             .map_err(|e| BenchError::Failed(format!("read ticket: {e}")))?
             .ok_or_else(|| BenchError::Failed("seeded ticket missing".into()))?;
         let ((leaf, keystore), _) = floor_bundle_leaf(pki, policy, os, first + i)?;
         crate::scale::redeem_seeded(
             store,
-            number,
-            &ticket.password_mac,
-            first + i,
+            &ticket,
             crate::scale::CertParts {
                 serial: &leaf.serial_hex,
                 issuer_id: &issuer_id,
@@ -369,12 +382,7 @@ pub fn openssl_round(
         Command::new("bash")
             .arg("-c")
             .arg(&script)
-            .env("PEMDIR", &pem.dir)
-            .env("OUTDIR", out.path())
-            .env("KEYPBE", profile.keypbe)
-            .env("CERTPBE", profile.certpbe)
-            .env("MACALG", profile.macalg)
-            .env("ITER", profile.iter.to_string()),
+            .envs(profile.bundle_env(pem, out.path())),
         Duration::from_secs(600),
     )?;
     let wall = start.elapsed();
@@ -413,12 +421,7 @@ fn check_openssl_bundle(pem: &PemPki, profile: &Profile) -> Result<String> {
         Command::new("bash")
             .arg("-c")
             .arg(&keep)
-            .env("PEMDIR", &pem.dir)
-            .env("OUTDIR", dir.path())
-            .env("KEYPBE", profile.keypbe)
-            .env("CERTPBE", profile.certpbe)
-            .env("MACALG", profile.macalg)
-            .env("ITER", profile.iter.to_string()),
+            .envs(profile.bundle_env(pem, dir.path())),
         Duration::from_secs(60),
     )?;
     let o = common::run_tool(
@@ -459,12 +462,7 @@ fn hyperfine_one(pem: &PemPki, profile: &Profile, runs: usize) -> Result<(f64, f
             .arg("--export-json")
             .arg(&json)
             .arg(format!("bash {} 1", pem.path("bundle.sh").display()))
-            .env("PEMDIR", &pem.dir)
-            .env("OUTDIR", dir.path())
-            .env("KEYPBE", profile.keypbe)
-            .env("CERTPBE", profile.certpbe)
-            .env("MACALG", profile.macalg)
-            .env("ITER", profile.iter.to_string()),
+            .envs(profile.bundle_env(pem, dir.path())),
         Duration::from_secs(300),
     )?;
     let text = std::fs::read_to_string(&json).map_err(io("read hyperfine json"))?;

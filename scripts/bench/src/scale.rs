@@ -94,7 +94,7 @@ fn seed_one(
     i: usize,
     r: u64,
 ) -> Result<()> {
-    let (number, mac) = seed_ticket(store, i, r)?;
+    let ticket = seed_ticket(store, i, r)?;
     let mut serial = [0u8; 16];
     serial[..8].copy_from_slice(&r.to_be_bytes());
     serial[8..].copy_from_slice(&(i as u64).to_be_bytes());
@@ -102,9 +102,7 @@ fn seed_one(
     let serial = hex::encode(serial);
     redeem_seeded(
         store,
-        &number,
-        &mac,
-        i,
+        &ticket,
         CertParts {
             serial: &serial,
             issuer_id,
@@ -144,9 +142,9 @@ fn event(action: &str, target: String) -> AuditEvent {
     }
 }
 
-/// Creates the synthetic ticket number `10_000_000 + i` (enrollee `i`, MAC from `r`) and
-/// returns its number and password MAC.
-pub fn seed_ticket(store: &SledStore, i: usize, r: u64) -> Result<(String, [u8; 32])> {
+/// Creates and returns the synthetic ticket number `10_000_000 + i` (enrollee `i`, MAC from
+/// `r`).
+pub fn seed_ticket(store: &SledStore, i: usize, r: u64) -> Result<TicketRecord> {
     let now = time::OffsetDateTime::now_utc();
     let number = format!("{:08}", 10_000_000 + i);
     let mut mac = [0u8; 32];
@@ -168,31 +166,25 @@ pub fn seed_ticket(store: &SledStore, i: usize, r: u64) -> Result<(String, [u8; 
     store
         .create_ticket(&ticket, event("ticket.created", format!("ticket:{number}")))
         .map_err(failed("seed ticket"))?;
-    Ok((number, mac))
+    Ok(ticket)
 }
 
-/// Redeems a ticket made by [`seed_ticket`] for enrollee `i` with the certificate `c`: the
-/// daemon's redemption transaction (ticket state, certificate, indexes, audit entry).
-pub fn redeem_seeded(
-    store: &SledStore,
-    number: &str,
-    mac: &[u8; 32],
-    i: usize,
-    c: CertParts<'_>,
-) -> Result<()> {
+/// Redeems `ticket` (made by [`seed_ticket`]) for the certificate `c`: the daemon's
+/// redemption transaction (ticket state, certificate, indexes, audit entry).
+pub fn redeem_seeded(store: &SledStore, ticket: &TicketRecord, c: CertParts<'_>) -> Result<()> {
     let now = time::OffsetDateTime::now_utc();
-    let enrollee = crate::redemption::enrollee(i, TargetOs::Ios);
+    let enrollee = &ticket.enrollee;
     let cert = CertRecord {
         version: RECORD_VERSION,
         serial: c.serial.to_owned(),
         issuer_id: c.issuer_id.to_owned(),
         der: c.der.to_vec(),
-        facility_id: enrollee.facility.id,
-        person_id: enrollee.person.id,
-        device_id: enrollee.device.id,
+        facility_id: enrollee.facility.id.clone(),
+        person_id: enrollee.person.id.clone(),
+        device_id: enrollee.device.id.clone(),
         os: c.os,
         keystore_profile: c.keystore_profile.into(),
-        ticket_number: number.to_owned(),
+        ticket_number: ticket.number.clone(),
         not_before: c.not_before,
         not_after: c.not_after,
         issued_at: now,
@@ -200,8 +192,8 @@ pub fn redeem_seeded(
     };
     store
         .redeem_ticket(
-            number,
-            mac,
+            &ticket.number,
+            &ticket.password_mac,
             now,
             &cert,
             event("certificate.issued", format!("serial:{}", c.serial)),
