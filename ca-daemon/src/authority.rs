@@ -1210,22 +1210,67 @@ impl Authority {
 
     /// Answers a DER OCSP request with a DER OCSP response (never fails: errors are OCSP
     /// error responses), plus the times an HTTP cache needs.
-    pub fn ocsp(&self, request_der: &[u8]) -> crate::ocsp::OcspAnswer {
-        let lookup = StoreLookup(self.store.clone());
-        let answer = self
-            .ocsp
-            .answer(request_der, OffsetDateTime::now_utc(), &lookup);
+    ///
+    /// A cache hit or a refusal is answered at once, on the caller's thread. An answer that
+    /// needs a fresh signature (a nonce, several certificates, a serial not cached yet) first
+    /// costs the `source` address one unit of its budget
+    /// ([`limits::OCSP_FRESH_PER_SOURCE_PER_SECOND`](crate::limits)), `tryLater` when spent,
+    /// and is then looked up and signed on the blocking pool under a CPU permit, so a flood of
+    /// nonces cannot take the async threads that gRPC and the cached OCSP path share.
+    pub async fn ocsp(
+        self: &Arc<Self>,
+        request_der: &[u8],
+        source: Option<std::net::IpAddr>,
+    ) -> crate::ocsp::OcspAnswer {
+        let now = OffsetDateTime::now_utc();
+        let answer = match self.ocsp.answer_cached(request_der, now) {
+            Some(a) => a,
+            None => self.ocsp_fresh(request_der, source).await,
+        };
         let label = match (answer.produced_at.is_some(), answer.from_cache) {
             (true, true) => "successful_cached",
             (true, false) => "successful_signed",
             (false, _) => match answer.der.get(4) {
                 Some(1) => "malformed_request",
+                Some(3) => "try_later",
                 Some(6) => "unauthorized",
                 _ => "internal_error",
             },
         };
         metrics::inc(&metrics::metrics().ocsp, label);
         answer
+    }
+
+    async fn ocsp_fresh(
+        self: &Arc<Self>,
+        request_der: &[u8],
+        source: Option<std::net::IpAddr>,
+    ) -> crate::ocsp::OcspAnswer {
+        use crate::ocsp::OcspAnswer;
+        // A caller without an address (in-process) shares one budget.
+        let source = source.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        if !self.limits.allow_fresh_ocsp(source) {
+            tracing::debug!(source = %source, "OCSP fresh-signature budget spent: tryLater");
+            return OcspAnswer::try_later();
+        }
+        let Ok(permit) = self.cpu.clone().acquire_owned().await else {
+            return OcspAnswer::try_later();
+        };
+        let this = self.clone();
+        let request = request_der.to_vec();
+        let answered = tokio::task::spawn_blocking(move || {
+            let lookup = StoreLookup(this.store.clone());
+            let a = this
+                .ocsp
+                .answer(&request, OffsetDateTime::now_utc(), &lookup);
+            drop(permit);
+            a
+        })
+        .await;
+        answered.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "OCSP signing task failed");
+            OcspAnswer::try_later()
+        })
     }
 
     // ----------------------------------------------------------------------------------------

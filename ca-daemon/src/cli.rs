@@ -981,6 +981,9 @@ async fn status(a: ClientArgs) -> Result<(), CliError> {
             "crls": s.crls.iter().map(|c| serde_json::json!({"issuer_id": c.issuer_id, "number": c.number,
                 "this_update": fmt_ts(&c.this_update), "next_update": fmt_ts(&c.next_update), "age_seconds": c.age_seconds})).collect::<Vec<_>>(),
             "issuers": s.issuers.iter().map(|i| serde_json::json!({"id": i.id, "certificate_count": i.certificate_count})).collect::<Vec<_>>(),
+            "root_crl": s.root_crl.as_ref().map(|c| serde_json::json!({"number": c.number,
+                "this_update": fmt_ts(&c.this_update), "next_update": fmt_ts(&c.next_update)})),
+            "warnings": status_warnings(&s),
         }));
         return Ok(());
     }
@@ -1010,7 +1013,34 @@ async fn status(a: ClientArgs) -> Result<(), CliError> {
             fmt_ts(&c.next_update)
         );
     }
+    if let Some(c) = &s.root_crl {
+        println!(
+            "root CRL: #{} published {}, next update {}",
+            c.number,
+            fmt_ts(&c.this_update),
+            fmt_ts(&c.next_update)
+        );
+    }
+    for w in status_warnings(&s) {
+        println!("WARNING: {w}");
+    }
     Ok(())
+}
+
+/// What `status` warns about: the root CRL from 30 days before it runs out (or when the
+/// daemon has none).
+fn status_warnings(s: &v1::StatusResponse) -> Vec<String> {
+    let next = s
+        .root_crl
+        .as_ref()
+        .and_then(|c| c.next_update.as_ref())
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok());
+    match next {
+        Some(n) => crate::root_crl::warning(n, time::OffsetDateTime::now_utc())
+            .into_iter()
+            .collect(),
+        None => vec!["the daemon serves no readable root CRL (keys/root.crl)".into()],
+    }
 }
 
 async fn rotate(a: RotateArgs) -> Result<(), CliError> {

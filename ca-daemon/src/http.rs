@@ -7,9 +7,10 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,6 +18,25 @@ use time::OffsetDateTime;
 
 use crate::authority::Authority;
 use crate::error::CaError;
+use crate::store::CrlRecord;
+
+/// A CRL as a response body: shares the published record's DER (tens of MB at a million
+/// revocations) instead of copying it per request.
+struct SharedCrl(Arc<CrlRecord>);
+
+impl AsRef<[u8]> for SharedCrl {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.der
+    }
+}
+
+/// The peer address (set by [`crate::http_serve`]; absent when the router is driven without
+/// it, e.g. in tests).
+type Peer = Option<Extension<ConnectInfo<std::net::SocketAddr>>>;
+
+fn source(peer: &Peer) -> Option<std::net::IpAddr> {
+    peer.as_ref().map(|Extension(ConnectInfo(a))| a.ip())
+}
 
 /// Most HTTP requests served at once.
 const MAX_IN_FLIGHT: usize = 1024;
@@ -51,8 +71,13 @@ fn error_response(e: CaError) -> Response {
     (code, e.to_string()).into_response()
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// `ok`, plus a `warning:` line while the root CRL needs re-signing (it still answers 200:
+/// the daemon serves, an operator must act; see crate::root_crl).
+async fn healthz(State(a): State<Arc<Authority>>) -> Response {
+    match tokio::task::spawn_blocking(move || crate::root_crl::current_warning(&a)).await {
+        Ok(Some(w)) => format!("ok\nwarning: {w}\n").into_response(),
+        _ => "ok\n".into_response(),
+    }
 }
 
 fn http_date(t: OffsetDateTime) -> Option<HeaderValue> {
@@ -99,15 +124,17 @@ async fn crl(State(a): State<Arc<Authority>>, Path(file): Path<String>) -> Respo
             if let Ok(v) = HeaderValue::from_str(&format!("\"{}-{}\"", c.issuer_id, c.number)) {
                 h.insert(header::ETAG, v);
             }
-            (h, c.der.clone()).into_response()
+            (h, Bytes::from_owner(SharedCrl(c))).into_response()
         }
         Err(e) => error_response(e),
     }
 }
 
-/// RFC 5019 §6.2 caching headers for a successful response; `no-store` otherwise (error
-/// responses and nonce-bearing POSTs are not worth caching).
+/// RFC 5019 §6.2 caching headers for a successful response; `no-store` otherwise: error
+/// responses, POSTs, and any answer to a request with a nonce (it echoes that nonce, so a
+/// cache must never hand it to anyone else).
 fn ocsp_response(answer: crate::ocsp::OcspAnswer, cacheable: bool) -> Response {
+    let cacheable = cacheable && !answer.nonce;
     let mut h = HeaderMap::new();
     h.insert(
         header::CONTENT_TYPE,
@@ -137,15 +164,19 @@ fn ocsp_response(answer: crate::ocsp::OcspAnswer, cacheable: bool) -> Response {
     (h, Bytes::from_owner(answer.der)).into_response()
 }
 
-async fn ocsp_post(State(a): State<Arc<Authority>>, body: Bytes) -> Response {
-    ocsp_response(a.ocsp(&body), false)
+async fn ocsp_post(State(a): State<Arc<Authority>>, peer: Peer, body: Bytes) -> Response {
+    ocsp_response(a.ocsp(&body, source(&peer)).await, false)
 }
 
-async fn ocsp_get(State(a): State<Arc<Authority>>, Path(req): Path<String>) -> Response {
+async fn ocsp_get(
+    State(a): State<Arc<Authority>>,
+    peer: Peer,
+    Path(req): Path<String>,
+) -> Response {
     match crate::ocsp::decode_get_path(&req) {
-        Ok(der) => ocsp_response(a.ocsp(&der), true),
+        Ok(der) => ocsp_response(a.ocsp(&der, source(&peer)).await, true),
         // Not base64 at all: still answer in OCSP terms (malformedRequest).
-        Err(_) => ocsp_response(a.ocsp(&[]), false),
+        Err(_) => ocsp_response(a.ocsp(&[], source(&peer)).await, false),
     }
 }
 

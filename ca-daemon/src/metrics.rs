@@ -58,6 +58,16 @@ pub struct Metrics {
     pub crl_this_update: Family<IssuerLabel, Gauge>,
     /// Request latency per method.
     pub latency: Family<MethodLabel, Histogram>,
+    /// Open connections on the plain HTTP port.
+    pub http_connections: Gauge,
+    /// HTTP connections refused or closed by a limit (connection_limit, timeout, stalled).
+    pub http_refused: Family<Label, Counter>,
+    /// gRPC connections refused before or at authentication, by reason.
+    pub grpc_refused: Family<Label, Counter>,
+    /// nextUpdate of the root's CRL (unix seconds).
+    pub root_crl_next_update: Gauge,
+    /// 1 from 30 days before the root's CRL runs out (and after), else 0.
+    pub root_crl_expiring: Gauge,
 }
 
 fn build() -> Metrics {
@@ -104,8 +114,43 @@ fn build() -> Metrics {
         "Request latency by method",
         latency.clone(),
     );
+    let http_connections = Gauge::default();
+    registry.register(
+        "http_connections",
+        "Open connections on the plain HTTP port",
+        http_connections.clone(),
+    );
+    let http_refused = Family::<Label, Counter>::default();
+    registry.register(
+        "http_connections_refused",
+        "HTTP connections refused or closed by a limit, by reason",
+        http_refused.clone(),
+    );
+    let grpc_refused = Family::<Label, Counter>::default();
+    registry.register(
+        "grpc_connections_refused",
+        "gRPC connections refused before or at authentication, by reason",
+        grpc_refused.clone(),
+    );
+    let root_crl_next_update = Gauge::default();
+    registry.register(
+        "root_crl_next_update_seconds",
+        "nextUpdate of the root CRL, unix time",
+        root_crl_next_update.clone(),
+    );
+    let root_crl_expiring = Gauge::default();
+    registry.register(
+        "root_crl_expiring",
+        "1 from 30 days before the root CRL runs out (re-sign it: ca-daemon crl root), else 0",
+        root_crl_expiring.clone(),
+    );
     Metrics {
         registry,
+        http_connections,
+        http_refused,
+        grpc_refused,
+        root_crl_next_update,
+        root_crl_expiring,
         issuances,
         redemptions,
         tickets_created,

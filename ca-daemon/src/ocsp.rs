@@ -82,6 +82,10 @@ pub const MAX_CACHED_UNKNOWN: usize = 65_536;
 pub const MAX_GET_PATH_LEN: usize = 3 * 4 * MAX_REQUEST_LEN.div_ceil(3);
 /// Number of cache shards.
 const SHARDS: usize = 32;
+/// How far `thisUpdate` lies before the time of signing: relying parties whose clock runs a
+/// little behind would otherwise see a response "not yet valid" (certificates are backdated
+/// for the same reason). Never before the revocation time of a revoked certificate.
+pub const THIS_UPDATE_BACKDATE: time::Duration = time::Duration::minutes(5);
 
 /// Status of one certificate as the store knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -475,6 +479,21 @@ pub struct OcspAnswer {
     pub next_update: Option<OffsetDateTime>,
     /// Whether the answer came from the cache (no signature made).
     pub from_cache: bool,
+    /// Whether the request carried a nonce (the response echoes it: never cache it).
+    pub nonce: bool,
+}
+
+impl OcspAnswer {
+    /// `tryLater` (RFC 6960 §4.2.1): what a source over its fresh-signature budget gets.
+    pub fn try_later() -> Self {
+        Self {
+            der: Arc::from(&[0x30, 0x03, 0x0a, 0x01, 0x03][..]),
+            produced_at: None,
+            next_update: None,
+            from_cache: false,
+            nonce: false,
+        }
+    }
 }
 
 /// Why a request gets no successful answer.
@@ -483,6 +502,9 @@ enum Refusal {
     Malformed,
     Unauthorized,
     Internal,
+    /// Not a refusal: the answer needs a fresh signature, which the caller did not allow
+    /// ([`OcspResponder::answer_cached`]).
+    NeedsSigning,
 }
 
 impl Refusal {
@@ -492,6 +514,7 @@ impl Refusal {
             Self::Malformed => &[0x30, 0x03, 0x0a, 0x01, 0x01],
             Self::Internal => &[0x30, 0x03, 0x0a, 0x01, 0x02],
             Self::Unauthorized => &[0x30, 0x03, 0x0a, 0x01, 0x06],
+            Self::NeedsSigning => &[0x30, 0x03, 0x0a, 0x01, 0x03],
         }
     }
 }
@@ -640,25 +663,30 @@ impl OcspResponder {
         now: OffsetDateTime,
         lookup: &dyn StatusLookup,
     ) -> OcspAnswer {
-        match self.try_answer(request_der, now, lookup) {
+        match self.try_answer(request_der, now, Some(lookup)) {
             Ok(a) => a,
-            Err(r) => {
-                tracing::debug!(target: "ocsp", refusal = ?r, "OCSP request refused");
-                OcspAnswer {
-                    der: Arc::from(r.der()),
-                    produced_at: None,
-                    next_update: None,
-                    from_cache: false,
-                }
-            }
+            Err(r) => refusal_answer(r),
         }
     }
 
+    /// The answer if it costs no signature and no status lookup (a refusal, or a cache hit);
+    /// `None` if it needs [`answer`](Self::answer), which signs. Lets the caller keep the
+    /// cheap case on the async reactor and move signing to a bounded pool.
+    pub fn answer_cached(&self, request_der: &[u8], now: OffsetDateTime) -> Option<OcspAnswer> {
+        match self.try_answer(request_der, now, None) {
+            Ok(a) => Some(a),
+            Err(Refusal::NeedsSigning) => None,
+            Err(r) => Some(refusal_answer(r)),
+        }
+    }
+
+    /// `lookup: None` answers only what needs neither a lookup nor a signature, and returns
+    /// `Refusal::NeedsSigning` for the rest.
     fn try_answer(
         &self,
         request_der: &[u8],
         now: OffsetDateTime,
-        lookup: &dyn StatusLookup,
+        lookup: Option<&dyn StatusLookup>,
     ) -> Result<OcspAnswer, Refusal> {
         if request_der.len() > MAX_REQUEST_LEN {
             return Err(Refusal::Malformed);
@@ -706,6 +734,7 @@ impl OcspResponder {
             if let Some(hit) = self.cached(&key, now) {
                 return Ok(hit);
             }
+            let lookup = lookup.ok_or(Refusal::NeedsSigning)?;
             let status = lookup.status(&served.issuer_id, &serial_hex);
             let single = self
                 .single(r.req_cert.clone(), status, now)
@@ -730,9 +759,12 @@ impl OcspResponder {
                 produced_at: Some(now),
                 next_update: Some(now + self.validity),
                 from_cache: false,
+                nonce: false,
             });
         }
 
+        let lookup = lookup.ok_or(Refusal::NeedsSigning)?;
+        let has_nonce = nonce.is_some();
         let mut singles = Vec::with_capacity(list.len());
         for r in list {
             let status = match canonical_hex_of_integer(r.req_cert.serial_number.as_bytes()) {
@@ -753,6 +785,7 @@ impl OcspResponder {
             produced_at: Some(now),
             next_update: Some(now + self.validity),
             from_cache: false,
+            nonce: has_nonce,
         })
     }
 
@@ -767,6 +800,7 @@ impl OcspResponder {
             produced_at: Some(c.produced_at),
             next_update: Some(c.next_update),
             from_cache: true,
+            nonce: false,
         })
     }
 
@@ -825,18 +859,23 @@ impl OcspResponder {
         status: CertStatus,
         now: OffsetDateTime,
     ) -> Option<SingleResponse> {
+        let mut this_update = now - THIS_UPDATE_BACKDATE;
         let cert_status = match status {
             CertStatus::Good => x509_ocsp::CertStatus::good(),
             CertStatus::Unknown => x509_ocsp::CertStatus::unknown(),
-            CertStatus::Revoked { at, reason } => x509_ocsp::CertStatus::Revoked(RevokedInfo {
-                revocation_time: generalized(at)?,
-                revocation_reason: crl_reason(reason),
-            }),
+            CertStatus::Revoked { at, reason } => {
+                // Not "known revoked" at a time before the revocation.
+                this_update = this_update.max(at.min(now));
+                x509_ocsp::CertStatus::Revoked(RevokedInfo {
+                    revocation_time: generalized(at)?,
+                    revocation_reason: crl_reason(reason),
+                })
+            }
         };
         Some(SingleResponse {
             cert_id,
             cert_status,
-            this_update: generalized(now)?,
+            this_update: generalized(this_update)?,
             next_update: Some(generalized(now + self.validity)?),
             single_extensions: None,
         })
@@ -1035,6 +1074,17 @@ impl OcspResponder {
             });
         }
         Ok(())
+    }
+}
+
+fn refusal_answer(r: Refusal) -> OcspAnswer {
+    tracing::debug!(target: "ocsp", refusal = ?r, "OCSP request refused");
+    OcspAnswer {
+        der: Arc::from(r.der()),
+        produced_at: None,
+        next_update: None,
+        from_cache: false,
+        nonce: false,
     }
 }
 
@@ -1309,7 +1359,11 @@ mod tests {
         );
         assert_eq!(tbs.produced_at, generalized(NOW).expect("time"));
         let single = &tbs.responses[0];
-        assert_eq!(single.this_update, generalized(NOW).expect("time"));
+        // thisUpdate is backdated; producedAt is the time of signing.
+        assert_eq!(
+            single.this_update,
+            generalized(NOW - THIS_UPDATE_BACKDATE).expect("time")
+        );
         assert_eq!(
             single.next_update,
             generalized(NOW + time::Duration::hours(24))

@@ -204,7 +204,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         grpc_listener,
         Arc::new(tls),
         limits.max_connections as usize,
-        Duration::from_secs(10),
+        crate::grpc::tls::HANDSHAKE_TIMEOUT,
     );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -214,6 +214,11 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     health_reporter
         .set_serving::<v1::revocation_server::RevocationServer<RevocationService>>()
         .await;
+    // The root CRL's own health name, gauges and warnings (crate::root_crl).
+    tokio::spawn(crate::root_crl::run_monitor(
+        authority.clone(),
+        health_reporter.clone(),
+    ));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pki_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -261,14 +266,13 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             let _ = stop.wait_for(|s| *s).await;
         });
 
-    let mut stop = stop_rx.clone();
-    let http = axum::serve(
+    // HTTP/1.1 only, bounded connections and timeouts (crate::http_serve).
+    let http = crate::http_serve::serve(
         http_listener,
         crate::http::router(authority.clone()).layer(crate::metrics::LatencyLayer),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = stop.wait_for(|s| *s).await;
-    });
+        crate::http_serve::HttpLimits::default(),
+        stop_rx.clone(),
+    );
 
     let metrics = match opts.metrics_listen {
         Some(addr) => {

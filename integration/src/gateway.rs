@@ -721,12 +721,12 @@ async fn apply_from_daemon(
             .await
             .unwrap_or_else(|e| Err(tls_err(format!("CRL task failed: {e}"))))
     };
-    match apply(state.clone(), crl.issuer_id.clone(), crl.der.clone()).await {
+    match apply(state.clone(), crl.issuer_id.clone(), crl.der.to_vec()).await {
         Err(GatewayError::CrlUnknownSigner { issuer_id }) => {
             info!(issuer = %issuer_id, "CRL from an unknown issuer; refetching the CA chain");
             let (_root, issuers) = fetch_chain(client).await?;
             state.set_issuers(issuers);
-            apply(state.clone(), crl.issuer_id, crl.der).await
+            apply(state.clone(), crl.issuer_id, crl.der.into()).await
         }
         other => other,
     }

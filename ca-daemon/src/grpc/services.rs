@@ -72,10 +72,19 @@ fn cert_msg(c: &CertRecord) -> v1::Certificate {
     }
 }
 
-fn crl_msg(c: &CrlRecord) -> v1::Crl {
+/// The published DER, shared with the record (no copy per caller).
+struct SharedDer(Arc<CrlRecord>);
+
+impl AsRef<[u8]> for SharedDer {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.der
+    }
+}
+
+fn crl_msg(c: &Arc<CrlRecord>) -> v1::Crl {
     v1::Crl {
         issuer_id: c.issuer_id.clone(),
-        der: c.der.clone(),
+        der: prost::bytes::Bytes::from_owner(SharedDer(c.clone())),
         number: c.number,
         this_update: ts(c.this_update),
         next_update: ts(c.next_update),
@@ -337,7 +346,12 @@ impl v1::revocation_server::Revocation for RevocationService {
         &self,
         request: Request<v1::OcspRequest>,
     ) -> Result<Response<v1::OcspResponse>, Status> {
-        let answer = self.authority.ocsp(&request.get_ref().der);
+        let source = request
+            .extensions()
+            .get::<super::auth::PeerInfo>()
+            .and_then(|p| p.remote)
+            .map(|r| r.ip());
+        let answer = self.authority.ocsp(&request.get_ref().der, source).await;
         Ok(Response::new(v1::OcspResponse {
             der: answer.der.to_vec(),
         }))
@@ -477,12 +491,25 @@ impl v1::admin_server::Admin for AdminService {
                 });
             }
         }
+        let root_crl = self
+            .authority
+            .root_crl()
+            .as_deref()
+            .and_then(crate::root_crl::inspect)
+            .map(|r| v1::CrlInfo {
+                issuer_id: "root".into(),
+                number: r.number,
+                this_update: ts(r.this_update),
+                next_update: ts(r.next_update),
+                age_seconds: u64::try_from((now - r.this_update).whole_seconds()).unwrap_or(0),
+            });
         Ok(Response::new(v1::StatusResponse {
             issuers,
             tickets_by_state,
             certificates_total: total,
             certificates_revoked: revoked,
             crls,
+            root_crl,
         }))
     }
 
