@@ -1385,6 +1385,63 @@ mod tests {
     }
 
     #[test]
+    fn answer_cached_never_signs_nor_looks_up() {
+        let p = pki("Issuer A");
+        let r = responder(&p);
+        let table = Table::default();
+        table.set(S1, CertStatus::Good);
+        let plain = request(vec![cert_id(&p, HashAlg::Sha1, S1)], None);
+        let nonce = request(vec![cert_id(&p, HashAlg::Sha1, S1)], Some(&[7u8; 16]));
+        // A miss and a nonce need a signature: not answered here.
+        assert!(r.answer_cached(&plain, NOW).is_none());
+        assert!(r.answer_cached(&nonce, NOW).is_none());
+        // A refusal costs nothing and is answered.
+        let bad = r.answer_cached(b"junk", NOW).expect("refusal answered");
+        assert_eq!(status_of(&bad.der), OcspResponseStatus::MalformedRequest);
+        assert_eq!(r.signature_count(), 0);
+        assert_eq!(table.calls.load(Ordering::SeqCst), 0, "no status lookup");
+        // Once signed (and cached), the cheap path answers it.
+        let signed = r.answer(&plain, NOW, &table);
+        let hit = r.answer_cached(&plain, NOW).expect("cache hit");
+        assert!(hit.from_cache && !hit.nonce);
+        assert_eq!(hit.der, signed.der);
+        // A nonce answer says so (the HTTP layer must not let it be cached).
+        assert!(r.answer(&nonce, NOW, &table).nonce);
+        assert_eq!(
+            status_of(&OcspAnswer::try_later().der),
+            OcspResponseStatus::TryLater
+        );
+    }
+
+    #[test]
+    fn this_update_is_backdated_but_never_before_the_revocation() {
+        let p = pki("Issuer A");
+        let r = responder(&p);
+        let table = Table::default();
+        let revoked_at = NOW - time::Duration::minutes(1);
+        table.set(
+            S1,
+            CertStatus::Revoked {
+                at: revoked_at,
+                reason: RevocationReason::KeyCompromise,
+            },
+        );
+        table.set(S2, CertStatus::Good);
+        let this_update = |serial| {
+            let req = request(vec![cert_id(&p, HashAlg::Sha1, serial)], None);
+            basic(&r.respond(&req, NOW, &table))
+                .tbs_response_data
+                .responses[0]
+                .this_update
+        };
+        assert_eq!(
+            this_update(S2),
+            generalized(NOW - THIS_UPDATE_BACKDATE).expect("t")
+        );
+        assert_eq!(this_update(S1), generalized(revoked_at).expect("t"));
+    }
+
+    #[test]
     fn nonce_is_echoed_and_signed_fresh() {
         let p = pki("Issuer A");
         let r = responder(&p);

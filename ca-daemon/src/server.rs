@@ -296,7 +296,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         data_dir = %opts.data_dir.display(), dev = opts.dev, "ca-daemon listening");
 
     let grpc_task = tokio::spawn(grpc);
-    let http_task = tokio::spawn(async move { http.await });
+    let http_task = tokio::spawn(http);
     // SIGHUP: re-read the keys directory (after `issuer rotate` or a responder renewal).
     #[cfg(unix)]
     {

@@ -9,8 +9,8 @@
 //! 3. A flood of nonce-bearing OCSP requests from one source gets `tryLater` beyond its
 //!    fresh-signature budget, other sources still get signed answers, and gRPC stays fast.
 //! 11. OCSP thisUpdate is backdated; a nonce-bearing GET answer is `no-store`; the root CRL
-//!    warns from 30 days before it runs out (`status`, `/healthz`, gRPC health, metric) and the
-//!    documented `ca-daemon crl root` clears it.
+//!     warns from 30 days before it runs out (`status`, `/healthz`, gRPC health, metric) and
+//!     the documented `ca-daemon crl root` clears it.
 //!
 //! Flood sources are other loopback addresses (127.0.0.2 and up: all of 127/8 is local on
 //! Linux), so the legitimate client on 127.0.0.1 is a different source, as it would be.
@@ -58,7 +58,7 @@ fn daemon_pid(d: &Daemon) -> u32 {
             continue;
         };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.iter().any(|a| *a == b"serve") && args.iter().any(|a| *a == needle.as_bytes()) {
+        if args.contains(&&b"serve"[..]) && args.contains(&needle.as_bytes()) {
             return pid;
         }
     }

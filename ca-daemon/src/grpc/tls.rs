@@ -153,12 +153,11 @@ impl Pending {
         }
         let mut evicted = false;
         while self.by_age.len() >= max.max(1) {
-            let Some((id, (old_ip, handle))) = self.by_age.pop_first() else {
+            let Some((_, (old_ip, handle))) = self.by_age.pop_first() else {
                 break;
             };
             handle.abort();
             self.forget_source(old_ip);
-            let _ = id;
             evicted = true;
         }
         let id = self.next_id;
