@@ -194,8 +194,9 @@ impl Pending {
 /// Connection slots go to authenticated peers only: the accept loop never waits, a handshake
 /// takes one of [`MAX_HANDSHAKES`] handshake slots (at most [`MAX_HANDSHAKES_PER_SOURCE`] per
 /// source address; the oldest pending handshake is evicted when they are all taken), and a
-/// connection slot is taken only once the client certificate is verified. So silent or slow
-/// sockets cannot keep a portal or a gateway from connecting.
+/// connection slot is taken only once the client certificate is verified (waiting up to
+/// `handshake_timeout` for one when all are in use). So silent or slow sockets cannot keep a
+/// portal or a gateway from connecting.
 pub fn accept_loop(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
@@ -232,7 +233,11 @@ pub fn accept_loop(
                     .done(id);
                 match result {
                     Ok((inner, info)) => {
-                        let Ok(permit) = slots.try_acquire_owned() else {
+                        // An authenticated peer waits a little for a slot to free up (as long
+                        // as a handshake may take), holding no handshake slot meanwhile.
+                        let permit =
+                            tokio::time::timeout(handshake_timeout, slots.acquire_owned()).await;
+                        let Ok(Ok(permit)) = permit else {
                             metrics::inc(&metrics::metrics().grpc_refused, "connection_limit");
                             tracing::warn!(remote = %remote, role = %info.role,
                                 "gRPC connection refused: connection limit reached");
