@@ -1430,6 +1430,34 @@ mod tests {
         Ok(())
     }
 
+    #[tokio::test]
+    async fn an_issuer_that_leaves_the_live_set_is_dropped_and_its_devices_refused() -> TestResult {
+        let pki = test_pki();
+        let issuer2 = ca(
+            "Test Issuer 2",
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            Some(&pki.root),
+        );
+        let a = leaf("A", 1, &pki.issuer);
+        let c = leaf("C", 3, &issuer2);
+        let gw = test_gateway(&pki.root, &[&pki.issuer, &issuer2]).await?;
+        gw.apply("i1", crl(&pki.issuer, 1, &[]))?;
+        gw.apply("i2", crl(&issuer2, 1, &[]))?;
+        let live = ["i2".to_string(), "i1".to_string()];
+        assert!(gw.state.retain_live(&live)?.is_empty(), "nothing to drop");
+        assert!(gw.hello(gw.device(&a, Some(&pki.issuer))).await.is_ok());
+
+        // The daemon retired i1 (its last certificate expired): its CRL goes, A is refused.
+        let dropped = gw.state.retain_live(&live[..1])?;
+        assert_eq!(dropped, vec!["i1".to_string()]);
+        assert_eq!(gw.state.crl_number("i1"), None);
+        let refused = gw.hello(gw.device(&a, Some(&pki.issuer))).await;
+        assert_eq!(alert(&refused), Some(AlertDescription::UnknownCA));
+        let (_c, hello) = gw.hello(gw.device(&c, Some(&issuer2))).await?;
+        assert_eq!(hello, "hello C\n");
+        Ok(())
+    }
+
     #[test]
     fn config_debug_hides_the_keys() {
         let mut cfg = GatewayConfig::new(
