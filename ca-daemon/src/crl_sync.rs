@@ -52,6 +52,9 @@ pub struct CrlSyncArgs {
     /// Write the bundle once, then exit (for scripts; the default is to follow forever).
     #[arg(long)]
     pub once: bool,
+    /// Name to check in the daemon's gRPC server certificate.
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
 }
 
 /// Errors of one sync session (the caller retries).
@@ -189,7 +192,7 @@ pub fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     result
 }
 
-async fn connect(args: &ClientArgs) -> Result<Channel, SyncError> {
+async fn connect(args: &ClientArgs, server_name: &str) -> Result<Channel, SyncError> {
     let dev = args.data_dir.join("dev");
     let read = |p: Option<PathBuf>, default: &str| {
         let p = p.unwrap_or_else(|| dev.join(default));
@@ -202,7 +205,7 @@ async fn connect(args: &ClientArgs) -> Result<Channel, SyncError> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
         .identity(Identity::from_pem(cert, key.as_slice()))
-        .domain_name("localhost");
+        .domain_name(server_name.to_string());
     Channel::from_shared(args.server.clone())
         .map_err(|e| SyncError::Connect(format!("bad --server: {e}")))?
         .tls_config(tls)
@@ -266,7 +269,7 @@ async fn session(
     st: &mut Sync,
     backoff: &mut Duration,
 ) -> Result<(), SyncError> {
-    let channel = connect(&args.client).await?;
+    let channel = connect(&args.client, &args.server_name).await?;
     let mut client = v1::revocation_client::RevocationClient::new(channel)
         .max_decoding_message_size(MAX_CRL_MESSAGE);
     let mut stream = client
