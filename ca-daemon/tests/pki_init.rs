@@ -584,8 +584,12 @@ fn production_init_writes_client_bundle_and_rotation_chains() -> TestResult {
     let t = x509_text(&openssl, &l.issuer_cert(&new_id));
     assert_contains(
         &t,
-        &["URI:http://pki.care.example:8080/crl/root.crl"],
+        &["CA Issuers - URI:http://pki.care.example:8080/ca/root.crt"],
         "rotated issuer",
+    );
+    assert!(
+        !t.contains("CRL Distribution Points"),
+        "rotated issuer has a CRL DP:\n{t}"
     );
     if let Some(lint) = tool("lint_pkix_cert") {
         pkilint(&lint, &[&l.issuer_cert(&new_id)], &[]);
