@@ -30,6 +30,9 @@ use crate::store::{
 };
 use crate::tickets::{TicketMac, TicketPassword, random_digits};
 
+mod edge;
+pub use edge::{CrlBundle, LiveCrl, LiveIssuer, ROOT_CRL_ID};
+
 /// Who is calling, from the verified client certificate.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -154,6 +157,9 @@ pub struct Authority {
     /// caller (`PublishCrl`). Taken inside the blocking task, so a cancelled caller cannot
     /// release it while its publication is still running.
     crl_publishing: Arc<Mutex<()>>,
+    /// The live (active and retiring) issuers, active first; updated by
+    /// `sync_issuer_records`. Followed by the all-issuers CRL watch ([`edge`]).
+    live: watch::Sender<Arc<[LiveIssuer]>>,
 }
 
 /// Runs blocking (store or CPU) work off the reactor.
@@ -265,6 +271,7 @@ impl Authority {
             passphrase,
             limits: Arc::new(crate::limits::RateLimits::new(&policy)),
             crl_publishing: Arc::new(Mutex::new(())),
+            live: watch::channel(Arc::from(Vec::new())).0,
         });
         auth.sync_issuer_records()?;
         Ok((auth, rx))
@@ -298,7 +305,7 @@ impl Authority {
     }
 
     /// Writes issuer records for loaded issuers: the active one `Active`, others `Retiring`
-    /// (or `Retired` once expired and without live certificates).
+    /// (or `Retired` once their last certificate has expired), and announces the live set.
     fn sync_issuer_records(&self) -> Result<(), CaError> {
         let set = self.issuer_set();
         let now = OffsetDateTime::now_utc();
@@ -309,6 +316,7 @@ impl Authority {
             .into_iter()
             .map(|r| (r.id.clone(), r))
             .collect();
+        let mut states = Vec::with_capacity(set.by_id.len());
         for issuer in set.by_id.values() {
             let state = if issuer.id == set.active {
                 IssuerState::Active
@@ -317,12 +325,9 @@ impl Authority {
                     .store
                     .certificate_counts(&issuer.id, now)
                     .map_err(store_err)?;
-                if live == 0 && issuer.not_after < now {
-                    IssuerState::Retired
-                } else {
-                    IssuerState::Retiring
-                }
+                edge::retiring_state(live)
             };
+            states.push((issuer.clone(), state));
             if existing.get(&issuer.id).map(|r| r.state) == Some(state) {
                 continue;
             }
@@ -347,6 +352,7 @@ impl Authority {
                 )
                 .map_err(store_err)?;
         }
+        self.announce_live(states);
         Ok(())
     }
 

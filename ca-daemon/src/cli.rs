@@ -305,6 +305,12 @@ pub enum CrlCommand {
         after_help = "Example:\n  ca-daemon crl publish\n  ca-daemon crl publish --issuer iss-0a1b2c3d4e5f6a7b"
     )]
     Publish(CrlPublishArgs),
+    /// Keep a CRL bundle file (every live issuer's CRL and the root's, PEM) up to date for
+    /// nginx / HAProxy: follows the daemon's CRL stream, writes atomically, runs a reload command.
+    #[command(
+        after_help = "Example:\n  ca-daemon crl sync --out /etc/nginx/care-crl.pem --exec 'nginx -s reload' \\\n    --client-cert /etc/ca-daemon/gateway.crt --client-key /etc/ca-daemon/gateway.key --ca-cert /etc/ca-daemon/service-ca.crt"
+    )]
+    Sync(crate::crl_sync::CrlSyncArgs),
 }
 
 /// `crl root`.
@@ -531,6 +537,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Crl(CrlCommand::Sync(a)) => crate::crl_sync::run(a).await,
         Command::Crl(CrlCommand::Publish(a)) => {
             let mut c = v1::admin_client::AdminClient::new(connect(&a.client).await?);
             let crl = c

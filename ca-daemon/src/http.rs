@@ -2,6 +2,7 @@
 //! RFC 5019 GET) at the AIA URL, the CA chain and issuer certificates, and a health check.
 //!
 //! Paths: `GET /crl/<issuer_id>.crl`, `GET /crl/active.crl`, `GET /crl/root.crl`,
+//! `GET /crl/bundle.pem` (every live issuer's CRL and the root's, PEM, for nginx / HAProxy),
 //! `POST /ocsp`, `GET /ocsp/<base64 request>`, `GET /ca/chain.pem`, `GET /ca/<issuer_id>.crt`,
 //! `GET /healthz`.
 
@@ -48,6 +49,7 @@ const MAX_OCSP_REQUEST: usize = 16 * 1024;
 pub fn router(authority: Arc<Authority>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/crl/bundle.pem", get(crl_bundle))
         .route("/crl/{file}", get(crl))
         .route("/ocsp", post(ocsp_post))
         .route("/ocsp/{*req}", get(ocsp_get))
@@ -205,4 +207,44 @@ async fn ca_cert(State(a): State<Arc<Authority>>, Path(file): Path<String>) -> R
         Some(der) => ([(header::CONTENT_TYPE, "application/pkix-cert")], der).into_response(),
         None => (StatusCode::NOT_FOUND, "no such issuer\n").into_response(),
     }
+}
+
+/// `GET /crl/bundle.pem`: every live issuer's CRL (active first) and the root's CRL, PEM, as
+/// nginx `ssl_crl` and HAProxy `crl-file` read them (docs/gateways.md). Revalidated like a
+/// CRL (a revocation can change it at any time); `If-None-Match` with the current ETag gets
+/// 304.
+async fn crl_bundle(State(a): State<Arc<Authority>>, req_headers: HeaderMap) -> Response {
+    let bundle = match a.crl_bundle().await {
+        Ok(b) => b,
+        Err(e) => return error_response(e),
+    };
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60, must-revalidate"),
+    );
+    let etag = bundle.etag();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    if let Some(v) = bundle.last_modified().and_then(http_date) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    if let Some(v) = bundle.expires().and_then(http_date) {
+        h.insert(header::EXPIRES, v);
+    }
+    let not_modified = req_headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim() == etag || t.trim() == "*");
+    if not_modified {
+        return (StatusCode::NOT_MODIFIED, h).into_response();
+    }
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-pem-file"),
+    );
+    (h, bundle.pem).into_response()
 }

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! device root CA (P-384, pathLen 1; key only needed to rotate issuers)
-//!  └─ issuing CA "iss-<hex>" (P-256, pathLen 0; CRL DP = root CRL)   one active, older retiring
+//!  └─ issuing CA "iss-<hex>" (P-256, pathLen 0; no CRL DP)   one active, older retiring
 //!      └─ OCSP responder (P-256, id-kp-OCSPSigning, id-pkix-ocsp-nocheck, short-lived)
 //! service-client CA (P-256, self-signed, pathLen 0)
 //!  ├─ gRPC server certificate (serverAuth; localhost, 127.0.0.1, ::1)
@@ -21,6 +21,31 @@
 //! plaintext client keys for tests); otherwise the service client certificates and keys go to
 //! `clients/` for the operator to hand out.
 //!
+//! # Revocation profile (what every mainstream verifier accepts)
+//!
+//! The rule: **a certificate's CRL distribution point and its CRL's issuing distribution point
+//! are either both absent or equal.** Concretely:
+//!
+//! | certificate | CRL DP | its CRL | IDP of that CRL |
+//! | --- | --- | --- | --- |
+//! | device root (self-signed) | none | root CRL (`/crl/root.crl`, signed by the root) | none |
+//! | issuing CA | none | root CRL | none |
+//! | end entity | `<base>/crl/<issuer>.crl` | issuer CRL | the same URI |
+//!
+//! Why: OpenSSL in whole-chain mode (`-crl_check_all`, which nginx `ssl_crl`, HAProxy
+//! `crl-file` and Apache `SSLCARevocationCheck chain` use) wants an in-scope CRL for every
+//! certificate of the chain, **the root included**; a CRL whose IDP names a URI is in scope only
+//! for certificates whose CRL DP matches it, and the self-signed root has none (an IDP on the
+//! root CRL gave "error 44: different CRL scope"). rustls-webpki (0.102 and 0.103) treats a CRL
+//! as authoritative when its IDP is absent (0.102: only if the certificate has no CRL DP
+//! either) or matches the certificate's CRL DP; and it checks issuer certificates in its default
+//! whole-chain mode. Java PKIX matches a certificate without CRL DP to a CRL without IDP by the
+//! issuer name. All three accept the table above; the integration test `gateway_profile.rs`
+//! checks OpenSSL `-crl_check_all`, webpki in both modes and Java's `CertPathValidator`.
+//! Issuer certificates made before this profile carry a CRL DP (the root CRL's URL): OpenSSL,
+//! webpki 0.103 and Java still accept them with the IDP-less root CRL; re-sign the root CRL
+//! once (`ca-daemon crl root`) after upgrading.
+//!
 //! Every certificate gets a random 128-bit serial and an explicit validity (rcgen defaults to
 //! 1975–4096 and to a serial derived from the public key), SKI and AKI, and names as
 //! UTF8String except `C=JP` (PrintableString, RFC 5280). Children never outlive their issuer.
@@ -29,8 +54,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CrlDistributionPoint, CustomExtension, DistinguishedName,
-    DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
@@ -888,9 +913,8 @@ fn new_issuer(
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     p.use_authority_key_identifier_extension = true;
-    p.crl_distribution_points = vec![CrlDistributionPoint {
-        uris: vec![root_crl_url(url_base)],
-    }];
+    // No CRL distribution point: see "Revocation profile" in the module doc. The root CRL
+    // (no IDP) covers every issuer by its issuer name alone.
     p.custom_extensions
         .push(aia_extension(None, Some(&root_cert_url(url_base)))?);
     let cert = p
@@ -908,13 +932,14 @@ fn new_issuer(
     })
 }
 
-/// Signs the root's CRL (no revoked issuers yet; revoking an issuer is a later feature) with
-/// an issuing distribution point equal to the issuers' CRL DP (rustls/webpki require that) and
-/// scope "CA certificates only".
+/// Signs the root's CRL (no revoked issuers yet; revoking an issuer is a later feature)
+/// without an issuing distribution point, so that it is in scope for the root itself and for
+/// every issuer certificate (which carry no CRL distribution point): see "Revocation profile"
+/// in the module doc. Served at [`root_crl_url`].
 fn sign_root_crl(
     root_der: &[u8],
     root_key: &KeyPair,
-    url_base: &str,
+    _url_base: &str,
     number: u64,
 ) -> Result<Vec<u8>, PkiError> {
     let (_, root_not_after) = cert_validity(root_der, Path::new("root-ca.crt"))?;
@@ -928,12 +953,7 @@ fn sign_root_crl(
         this_update,
         next_update,
         crl_number: rcgen::SerialNumber::from_slice(&number.to_be_bytes()),
-        issuing_distribution_point: Some(rcgen::CrlIssuingDistributionPoint {
-            distribution_point: CrlDistributionPoint {
-                uris: vec![root_crl_url(url_base)],
-            },
-            scope: Some(rcgen::CrlScope::CaCertsOnly),
-        }),
+        issuing_distribution_point: None,
         revoked_certs: Vec::new(),
         key_identifier_method: rcgen::KeyIdMethod::Sha256,
     };

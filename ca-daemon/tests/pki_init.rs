@@ -321,8 +321,8 @@ fn dev_init_verifies_with_openssl_and_pkilint() -> TestResult {
             "{role}: key does not match certificate"
         );
     }
-    // The root CRL: signed by the root, IDP equal to the issuer's CRL DP, usable for checking
-    // the issuer.
+    // The root CRL: signed by the root, no IDP (in scope for the root and the issuers, which
+    // carry no CRL DP: the profile of `pki`'s module doc), usable for whole-chain checking.
     let root_crl = l.root_crl();
     let crl_text = run_ok(
         &openssl,
@@ -340,14 +340,12 @@ fn dev_init_verifies_with_openssl_and_pkilint() -> TestResult {
     );
     assert_contains(
         &crl_text,
-        &[
-            "X509v3 CRL Number",
-            "Issuing Distribution Point: critical",
-            "URI:http://127.0.0.1:8080/crl/root.crl",
-            "Only CA Certificates",
-            "No Revoked Certificates",
-        ],
+        &["X509v3 CRL Number", "No Revoked Certificates"],
         "root CRL",
+    );
+    assert!(
+        !crl_text.contains("Issuing Distribution Point"),
+        "root CRL has an IDP (out of scope for the root in whole-chain mode):\n{crl_text}"
     );
     let crl_pem = dir.path().join("root-crl.pem");
     run_ok(
@@ -367,7 +365,7 @@ fn dev_init_verifies_with_openssl_and_pkilint() -> TestResult {
         &[
             "verify",
             "-x509_strict",
-            "-crl_check",
+            "-crl_check_all",
             "-CAfile",
             s(&root),
             "-CRLfile",
@@ -412,12 +410,15 @@ fn dev_init_verifies_with_openssl_and_pkilint() -> TestResult {
             "Certificate Sign, CRL Sign",
             "Authority Key Identifier",
             "Subject Key Identifier",
-            "URI:http://127.0.0.1:8080/crl/root.crl",
             "CA Issuers - URI:http://127.0.0.1:8080/ca/root.crt",
             "NIST CURVE: P-256",
             &format!("CN=ケアネット 端末発行CA {id}"),
         ],
         "issuer",
+    );
+    assert!(
+        !t.contains("CRL Distribution Points"),
+        "issuer certificate has a CRL DP (the root CRL has no IDP to match it):\n{t}"
     );
     let t = x509_text(&openssl, &responder);
     assert_contains(
@@ -583,8 +584,12 @@ fn production_init_writes_client_bundle_and_rotation_chains() -> TestResult {
     let t = x509_text(&openssl, &l.issuer_cert(&new_id));
     assert_contains(
         &t,
-        &["URI:http://pki.care.example:8080/crl/root.crl"],
+        &["CA Issuers - URI:http://pki.care.example:8080/ca/root.crt"],
         "rotated issuer",
+    );
+    assert!(
+        !t.contains("CRL Distribution Points"),
+        "rotated issuer has a CRL DP:\n{t}"
     );
     if let Some(lint) = tool("lint_pkix_cert") {
         pkilint(&lint, &[&l.issuer_cert(&new_id)], &[]);

@@ -7,32 +7,38 @@
 //!
 //! 1. At start the gateway connects to the daemon over gRPC with its `gateway` service client
 //!    certificate, fetches the device CA chain (`GetCaChain`: root first, then the issuers) and
-//!    opens one `WatchCrl` stream per followed issuer.
-//! 2. It waits for the first CRL of every followed issuer before it binds its port, so it never
-//!    serves a single handshake without revocation data.
+//!    opens one `WatchCrl` stream with `all_issuers`: the daemon streams the CRLs of every live
+//!    issuer (active and retiring), the first CRL of an issuer created later by `issuer rotate`,
+//!    and the root's CRL; each message names the live issuers. (With
+//!    [`GatewayConfig::issuer_ids`] set it opens one stream per listed issuer instead.)
+//! 2. It waits for a CRL of every live issuer before it binds its port, so it never serves a
+//!    single handshake without revocation data.
 //! 3. For every CRL it receives it builds a new [`rustls::ServerConfig`] whose client verifier is
 //!    `WebPkiClientVerifier` with the CRLs of all followed issuers, and swaps it in. Each accepted
 //!    TCP connection takes the config that is current at that moment; connections already
 //!    established keep the config they were accepted with, so a swap drops no one. (In rustls the
-//!    CRLs are fixed per verifier, hence one new config per CRL.)
+//!    CRLs are fixed per verifier, hence one new config per CRL.) When an issuer leaves the live
+//!    set (retired: its last certificate has expired) its CRL is dropped and a new config swapped
+//!    in, so its certificates are refused ("unknown revocation status").
 //! 4. The service behind the gateway is an echo: after the handshake it writes
 //!    `hello <CN of the client certificate>\n`, then echoes every line back.
 //!
 //! # Revocation policy (read this before copying)
 //!
 //! - **Trust anchor**: the device root only. Issuer certificates are intermediates.
-//! - **End entity only**: `only_check_end_entity_revocation()`. Webpki would otherwise also demand
-//!   a CRL for every issuer certificate, i.e. the root's CRL, which the daemon does not stream
-//!   (issuers are retired by rotation, not revoked).
+//! - **End entity only**: `only_check_end_entity_revocation()`. The root's CRL is loaded too (the
+//!   all-issuers stream carries it), so whole-chain checking works as well (see the revocation
+//!   profile in `ca_daemon::pki` and the test `gateway_profile.rs`); end entity only keeps
+//!   the gateway working against an older daemon that does not stream the root's CRL.
 //! - **Unknown status is refused** (`allow_unknown_revocation_status()` is deliberately not set):
-//!   a device certificate whose issuer has no CRL loaded here is rejected. So follow every issuer
-//!   whose certificates must get in: list their ids in [`GatewayConfig::issuer_ids`] (empty =
-//!   the issuer that is active when the gateway connects). After `ca-daemon issuer rotate`, add
-//!   the new issuer's id and restart (when the active-issuer stream reconnects after a rotation it
-//!   moves to the new issuer; the old issuer's last CRL stays loaded but no longer updates).
-//! - **Matching distribution point**: webpki uses a CRL for a certificate only if the CRL's issuing
-//!   distribution point URI equals the certificate's CRL distribution point URI. The daemon signs
-//!   its CRLs that way; a CRL without it makes every handshake fail with "unknown status".
+//!   a device certificate whose issuer has no CRL loaded here is rejected. With the default
+//!   all-issuers stream that is a certificate of an unknown or retired issuer; after
+//!   `ca-daemon issuer rotate` the new issuer's CRL arrives on the open stream (no restart, no
+//!   flag). With a fixed [`GatewayConfig::issuer_ids`] list only those issuers get in.
+//! - **Matching distribution point**: webpki uses a CRL for an end entity only if the CRL's
+//!   issuing distribution point URI equals the certificate's CRL distribution point URI. The
+//!   daemon signs its CRLs that way; a CRL without it makes every handshake fail with "unknown
+//!   status".
 //! - **Checked before use**: a CRL is applied only if it parses, is signed by a known issuer and
 //!   its CRL number is higher than the one applied (no rollback; an equal number, as sent when a
 //!   stream reconnects, is skipped). A CRL that fails keeps the previous config in place.
@@ -116,12 +122,12 @@ pub struct GatewayConfig {
     /// The gateway's own TLS server certificate; `None` = a self-signed one for `localhost`
     /// generated at start (demos and tests; read it with [`Gateway::server_cert_der`]).
     pub server_identity: Option<ServerIdentity>,
-    /// Issuers whose CRLs to follow; empty = the issuer active when the gateway connects.
+    /// Issuers whose CRLs to follow; empty = every live issuer, following rotations.
     pub issuer_ids: Vec<String>,
 }
 
 impl GatewayConfig {
-    /// A config with a self-signed server certificate, following the active issuer, checking the
+    /// A config with a self-signed server certificate, following every live issuer, checking the
     /// daemon's certificate for `localhost`.
     pub fn new(
         listen: SocketAddr,
@@ -291,30 +297,57 @@ impl Gateway {
         let (root, issuers) = fetch_chain(&mut client).await?;
         let state = Arc::new(TlsState::new(root, issuers, server_chain, server_key)?);
 
-        let wanted = if cfg.issuer_ids.is_empty() {
-            vec![String::new()]
-        } else {
-            cfg.issuer_ids.clone()
-        };
         let mut followed = Vec::new();
         let mut streams = Vec::new();
-        for wanted_id in wanted {
-            let mut stream = open_watch(&mut client, &wanted_id).await?;
-            let first = tokio::time::timeout(FIRST_CRL_TIMEOUT, stream.message())
-                .await
-                .map_err(|_| GatewayError::NoFirstCrl {
-                    issuer_id: wanted_id.clone(),
-                    waited: FIRST_CRL_TIMEOUT,
-                })?
-                .map_err(rpc_err("WatchCrl"))?
-                .ok_or_else(|| GatewayError::NoFirstCrl {
-                    issuer_id: wanted_id.clone(),
-                    waited: FIRST_CRL_TIMEOUT,
-                })?;
-            let resolved = first.issuer_id.clone();
-            apply_from_daemon(&state, &mut client, first).await?;
-            followed.push((wanted_id.clone(), resolved));
-            streams.push((wanted_id, stream));
+        if cfg.issuer_ids.is_empty() {
+            // Every live issuer, on one stream: wait until each has a CRL applied.
+            let mut stream = open_watch(&mut client, Follow::All).await?;
+            let no_first = || GatewayError::NoFirstCrl {
+                issuer_id: "(all live issuers)".into(),
+                waited: FIRST_CRL_TIMEOUT,
+            };
+            let deadline = tokio::time::Instant::now() + FIRST_CRL_TIMEOUT;
+            loop {
+                let msg = tokio::time::timeout_at(deadline, stream.message())
+                    .await
+                    .map_err(|_| no_first())?
+                    .map_err(rpc_err("WatchCrl"))?
+                    .ok_or_else(no_first)?;
+                let live = msg.live_issuer_ids.clone();
+                let id = msg.issuer_id.clone();
+                apply_from_daemon(&state, &mut client, msg).await?;
+                // An older daemon ignores all_issuers and streams the active issuer only.
+                let ready = if live.is_empty() {
+                    state.set_active(&id);
+                    true
+                } else {
+                    follow_live_set(&state, &live);
+                    live.iter().all(|id| state.crl_number(id).is_some())
+                };
+                if ready {
+                    break;
+                }
+            }
+            streams.push((Follow::All, stream));
+        } else {
+            for wanted_id in cfg.issuer_ids.clone() {
+                let mut stream = open_watch(&mut client, Follow::Issuer(wanted_id.clone())).await?;
+                let first = tokio::time::timeout(FIRST_CRL_TIMEOUT, stream.message())
+                    .await
+                    .map_err(|_| GatewayError::NoFirstCrl {
+                        issuer_id: wanted_id.clone(),
+                        waited: FIRST_CRL_TIMEOUT,
+                    })?
+                    .map_err(rpc_err("WatchCrl"))?
+                    .ok_or_else(|| GatewayError::NoFirstCrl {
+                        issuer_id: wanted_id.clone(),
+                        waited: FIRST_CRL_TIMEOUT,
+                    })?;
+                let resolved = first.issuer_id.clone();
+                apply_from_daemon(&state, &mut client, first).await?;
+                followed.push((wanted_id.clone(), resolved));
+                streams.push((Follow::Issuer(wanted_id), stream));
+            }
         }
 
         let listener =
@@ -336,10 +369,10 @@ impl Gateway {
             state.clone(),
             stop_rx.clone(),
         ))];
-        for (wanted_id, stream) in streams {
+        for (what, stream) in streams {
             tasks.push(tokio::spawn(follow(
                 client.clone(),
-                wanted_id,
+                what,
                 stream,
                 state.clone(),
                 stop_rx.clone(),
@@ -370,14 +403,28 @@ impl Gateway {
     }
 
     /// Number of the latest CRL applied for an issuer; the id as configured (empty = the active
-    /// issuer at start) or as the daemon names it.
+    /// issuer: at start when following fixed issuers, the current one when following all) or as
+    /// the daemon names it (`root` for the root's CRL).
     pub fn crl_number(&self, issuer_id: &str) -> Option<u64> {
+        if issuer_id.is_empty() && self.followed.is_empty() {
+            return self.state.crl_number(&self.state.active());
+        }
         let id = self
             .followed
             .iter()
             .find(|(wanted, _)| wanted == issuer_id)
             .map_or(issuer_id, |(_, resolved)| resolved.as_str());
         self.state.crl_number(id)
+    }
+
+    /// The issuers whose CRLs are applied now (and `root` once the root's CRL arrived).
+    pub fn applied_issuers(&self) -> Vec<String> {
+        let crls = self
+            .state
+            .crls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        crls.keys().cloned().collect()
     }
 
     /// A counter bumped after each applied CRL, once new handshakes use it.
@@ -404,9 +451,22 @@ impl Drop for Gateway {
 // The core: the current ServerConfig, rebuilt for each CRL. No gRPC in here, so tests feed it.
 
 /// The CRL last applied for one issuer.
+#[derive(Clone)]
 struct AppliedCrl {
     number: u64,
     der: CertificateRevocationListDer<'static>,
+}
+
+/// Issuer id of the root's CRL in the daemon's all-issuers stream.
+const ROOT_CRL_ID: &str = "root";
+
+/// What one CRL stream follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Follow {
+    /// Every live issuer of the daemon (WatchCrl `all_issuers`).
+    All,
+    /// One issuer (empty = the active one when the stream opens).
+    Issuer(String),
 }
 
 /// Everything a new `ServerConfig` is built from, and the current one. A new connection only
@@ -414,6 +474,10 @@ struct AppliedCrl {
 struct TlsState {
     provider: Arc<CryptoProvider>,
     roots: Arc<RootCertStore>,
+    /// The device root (signer of the root's CRL).
+    root: CertificateDer<'static>,
+    /// The active issuer as the daemon last named it (all-issuers mode).
+    active: RwLock<String>,
     /// Issuer certificates known from `GetCaChain` (CRL signers and path candidates).
     issuers: RwLock<Arc<[CertificateDer<'static>]>>,
     server_chain: Vec<CertificateDer<'static>>,
@@ -448,13 +512,17 @@ impl TlsState {
         server_key: PrivateKeyDer<'static>,
     ) -> Result<Self, GatewayError> {
         let mut roots = RootCertStore::empty();
-        roots.add(root).map_err(|e| GatewayError::BadInput {
-            what: "device root certificate",
-            reason: e.to_string(),
-        })?;
+        roots
+            .add(root.clone())
+            .map_err(|e| GatewayError::BadInput {
+                what: "device root certificate",
+                reason: e.to_string(),
+            })?;
         Ok(Self {
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             roots: Arc::new(roots),
+            root,
+            active: RwLock::new(String::new()),
             issuers: RwLock::new(issuers.into()),
             server_chain,
             server_key,
@@ -467,6 +535,46 @@ impl TlsState {
     /// Replaces the known issuer certificates (after a rotation).
     fn set_issuers(&self, issuers: Vec<CertificateDer<'static>>) {
         *self.issuers.write().unwrap_or_else(PoisonError::into_inner) = issuers.into();
+    }
+
+    fn set_active(&self, id: &str) {
+        *self.active.write().unwrap_or_else(PoisonError::into_inner) = id.to_string();
+    }
+
+    fn active(&self) -> String {
+        self.active
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Drops the CRLs of issuers that left the daemon's live set (retired: their last
+    /// certificate expired), so their certificates are refused from now on; the root's CRL
+    /// stays. Returns the ids dropped.
+    fn retain_live(&self, live: &[String]) -> Result<Vec<String>, GatewayError> {
+        let issuers = self
+            .issuers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut crls = self.crls.lock().unwrap_or_else(PoisonError::into_inner);
+        let gone: Vec<String> = crls
+            .keys()
+            .filter(|id| id.as_str() != ROOT_CRL_ID && !live.contains(id))
+            .cloned()
+            .collect();
+        if gone.is_empty() {
+            return Ok(gone);
+        }
+        let mut kept = (*crls).clone();
+        kept.retain(|id, _| !gone.contains(id));
+        let config = self.build_config(kept.values().map(|c| c.der.clone()), issuers)?;
+        *crls = kept;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(config);
+        drop(crls);
+        self.updates.send_modify(|n| *n += 1);
+        info!(issuers = ?gone, "issuers retired by the daemon; their CRLs dropped");
+        Ok(gone)
     }
 
     /// An acceptor with the current config, or `None` before the first CRL.
@@ -489,7 +597,13 @@ impl TlsState {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let (number, entries) = check_crl(issuer_id, &der, &issuers)?;
+        // The root's CRL is signed by the root; every other one by a known issuer.
+        let signers: &[CertificateDer<'static>] = if issuer_id == ROOT_CRL_ID {
+            std::slice::from_ref(&self.root)
+        } else {
+            &issuers
+        };
+        let (number, entries) = check_crl(issuer_id, &der, signers)?;
 
         // Locks: `crls` then `current`, always in this order.
         let mut crls = self.crls.lock().unwrap_or_else(PoisonError::into_inner);
@@ -698,12 +812,20 @@ async fn fetch_chain(
 
 async fn open_watch(
     client: &mut RevocationClient<Channel>,
-    issuer_id: &str,
+    what: Follow,
 ) -> Result<tonic::Streaming<Crl>, GatewayError> {
+    let request = match what {
+        Follow::All => WatchCrlRequest {
+            issuer_id: String::new(),
+            all_issuers: true,
+        },
+        Follow::Issuer(issuer_id) => WatchCrlRequest {
+            issuer_id,
+            all_issuers: false,
+        },
+    };
     Ok(client
-        .watch_crl(WatchCrlRequest {
-            issuer_id: issuer_id.to_string(),
-        })
+        .watch_crl(request)
         .await
         .map_err(rpc_err("WatchCrl"))?
         .into_inner())
@@ -732,18 +854,30 @@ async fn apply_from_daemon(
     }
 }
 
+/// Applies the daemon's live issuer set: notes the active issuer and drops the CRLs of issuers
+/// that left the set. (A new issuer's certificate is fetched by [`apply_from_daemon`] when its
+/// first CRL arrives signed by an issuer not yet known.)
+fn follow_live_set(state: &TlsState, live: &[String]) {
+    if let Some(active) = live.first() {
+        state.set_active(active);
+    }
+    if let Err(e) = state.retain_live(live) {
+        warn!(error = %e, "dropping retired issuers failed; keeping the previous config");
+    }
+}
+
 /// Follows the CRLs of one issuer until stopped, reconnecting with backoff when the stream ends.
 async fn follow(
     mut client: RevocationClient<Channel>,
-    wanted_id: String,
+    what: Follow,
     first_stream: tonic::Streaming<Crl>,
     state: Arc<TlsState>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let label = if wanted_id.is_empty() {
-        "(active)"
-    } else {
-        wanted_id.as_str()
+    let label = match &what {
+        Follow::All => "(all live issuers)",
+        Follow::Issuer(id) if id.is_empty() => "(active)",
+        Follow::Issuer(id) => id.as_str(),
     };
     let mut stream = Some(first_stream);
     let mut backoff = BACKOFF_MIN;
@@ -769,6 +903,7 @@ async fn follow(
             };
             backoff = BACKOFF_MIN;
             let (id, number) = (crl.issuer_id.clone(), crl.number);
+            let live = crl.live_issuer_ids.clone();
             match apply_from_daemon(&state, &mut client, crl).await {
                 Ok(CrlOutcome::Applied { .. }) => {}
                 Ok(CrlOutcome::AlreadyApplied) => {
@@ -776,13 +911,20 @@ async fn follow(
                 }
                 Err(e) => warn!(issuer = %id, number, error = %e, "CRL refused"),
             }
+            if what == Follow::All {
+                if live.is_empty() {
+                    state.set_active(&id);
+                } else {
+                    follow_live_set(&state, &live);
+                }
+            }
         }
         tokio::select! {
             _ = stop.changed() => return,
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
-        match open_watch(&mut client, &wanted_id).await {
+        match open_watch(&mut client, what.clone()).await {
             Ok(s) => {
                 info!(issuer = label, "WatchCrl stream reopened");
                 stream = Some(s);
@@ -1285,6 +1427,34 @@ mod tests {
         let (_c, hello) = gw.hello(gw.device(&c, Some(&issuer2))).await?;
         assert_eq!(hello, "hello C\n");
         assert!(gw.hello(gw.device(&a, Some(&pki.issuer))).await.is_ok());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_issuer_that_leaves_the_live_set_is_dropped_and_its_devices_refused() -> TestResult {
+        let pki = test_pki();
+        let issuer2 = ca(
+            "Test Issuer 2",
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            Some(&pki.root),
+        );
+        let a = leaf("A", 1, &pki.issuer);
+        let c = leaf("C", 3, &issuer2);
+        let gw = test_gateway(&pki.root, &[&pki.issuer, &issuer2]).await?;
+        gw.apply("i1", crl(&pki.issuer, 1, &[]))?;
+        gw.apply("i2", crl(&issuer2, 1, &[]))?;
+        let live = ["i2".to_string(), "i1".to_string()];
+        assert!(gw.state.retain_live(&live)?.is_empty(), "nothing to drop");
+        assert!(gw.hello(gw.device(&a, Some(&pki.issuer))).await.is_ok());
+
+        // The daemon retired i1 (its last certificate expired): its CRL goes, A is refused.
+        let dropped = gw.state.retain_live(&live[..1])?;
+        assert_eq!(dropped, vec!["i1".to_string()]);
+        assert_eq!(gw.state.crl_number("i1"), None);
+        let refused = gw.hello(gw.device(&a, Some(&pki.issuer))).await;
+        assert_eq!(alert(&refused), Some(AlertDescription::UnknownCA));
+        let (_c, hello) = gw.hello(gw.device(&c, Some(&issuer2))).await?;
+        assert_eq!(hello, "hello C\n");
         Ok(())
     }
 

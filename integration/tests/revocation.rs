@@ -1189,6 +1189,7 @@ async fn crl_with_ten_thousand_entries_republishes_quickly() {
     let mut stream = rev
         .watch_crl(v1::WatchCrlRequest {
             issuer_id: issuer_id.clone(),
+            all_issuers: false,
         })
         .await
         .expect("WatchCrl")

@@ -88,6 +88,7 @@ fn crl_msg(c: &Arc<CrlRecord>) -> v1::Crl {
         number: c.number,
         this_update: ts(c.this_update),
         next_update: ts(c.next_update),
+        live_issuer_ids: Vec::new(),
     }
 }
 
@@ -288,8 +289,26 @@ impl v1::revocation_server::Revocation for RevocationService {
         &self,
         _request: Request<v1::GetCaChainRequest>,
     ) -> Result<Response<v1::CaChain>, Status> {
+        let issuers = self
+            .authority
+            .ca_chain_issuers()
+            .await?
+            .into_iter()
+            .map(|r| v1::ChainIssuer {
+                issuer_id: r.id,
+                state: match r.state {
+                    IssuerState::Active => v1::ChainIssuerState::Active,
+                    _ => v1::ChainIssuerState::Retiring,
+                } as i32,
+                not_after: ts(r.not_after),
+                certificate_der: r.cert_der,
+            })
+            .collect::<Vec<_>>();
+        let mut certificates_der = vec![self.authority.issuer_cert("root").unwrap_or_default()];
+        certificates_der.extend(issuers.iter().map(|i| i.certificate_der.clone()));
         Ok(Response::new(v1::CaChain {
-            certificates_der: self.authority.ca_chain().await?,
+            certificates_der,
+            issuers,
         }))
     }
 
@@ -307,10 +326,29 @@ impl v1::revocation_server::Revocation for RevocationService {
         &self,
         request: Request<v1::WatchCrlRequest>,
     ) -> Result<Response<Self::WatchCrlStream>, Status> {
-        let rx = self
-            .authority
-            .watch_crl(&request.get_ref().issuer_id)
-            .await?;
+        let req = request.get_ref();
+        if req.all_issuers {
+            if !req.issuer_id.is_empty() {
+                return Err(
+                    CaError::invalid("issuer_id", "must be empty when all_issuers is set").into(),
+                );
+            }
+            let rx = self.authority.watch_all_crls().await?;
+            let mut stopping = self.stopping.clone();
+            let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|m| {
+                m.map(|m| v1::Crl {
+                    live_issuer_ids: m.live_issuer_ids.to_vec(),
+                    ..crl_msg(&m.crl)
+                })
+                .map_err(Status::from)
+            });
+            // Ends at shutdown, so the server can drain.
+            let stream = futures::StreamExt::take_until(stream, async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            });
+            return Ok(Response::new(Box::pin(stream)));
+        }
+        let rx = self.authority.watch_crl(&req.issuer_id).await?;
         let stream =
             tokio_stream::wrappers::WatchStream::new(rx).filter_map(|c| c.map(|c| Ok(crl_msg(&c))));
         Ok(Response::new(Box::pin(stream)))

@@ -51,7 +51,8 @@ struct Args {
     /// Writes the server certificate (PEM) here once started, for clients to trust.
     #[arg(long)]
     write_server_cert: Option<PathBuf>,
-    /// Issuer whose CRLs to follow; repeat for several (default: the active issuer).
+    /// Follow only this issuer's CRLs; repeat for several (default: every live issuer of the
+    /// daemon, including issuers created later by `issuer rotate`).
     #[arg(long = "issuer")]
     issuers: Vec<String>,
 }
