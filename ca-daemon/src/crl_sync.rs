@@ -154,10 +154,10 @@ fn older_than_in_place(new: &[Vec<u8>], in_place: &HashMap<Vec<u8>, u64>) -> Opt
 fn compose(live: &[String], crls: &BTreeMap<String, v1::Crl>) -> Option<(String, Vec<Vec<u8>>)> {
     let mut ders = Vec::new();
     for id in live {
-        ders.push(crls.get(id)?.der.clone());
+        ders.push(crls.get(id)?.der.to_vec());
     }
     if let Some(root) = crls.get(crate::authority::ROOT_CRL_ID) {
-        ders.push(root.der.clone());
+        ders.push(root.der.to_vec());
     }
     let pem = ders
         .iter()
@@ -402,7 +402,7 @@ mod tests {
     fn the_bundle_waits_for_every_live_issuer_and_puts_the_root_last() {
         let msg = |id: &str, n: u64| v1::Crl {
             issuer_id: id.into(),
-            der: vec![n as u8],
+            der: vec![n as u8].into(),
             number: n,
             ..Default::default()
         };
