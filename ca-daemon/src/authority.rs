@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use pki_policy::Policy;
 use pki_policy::domain::{Enrollee, RevocationReason, TargetOs};
@@ -24,6 +24,7 @@ use crate::metrics;
 use crate::ocsp::{CertStatus, OcspResponder, ResponderIssuer, StatusLookup};
 use crate::pkcs12::{self, BundleInput, MobileconfigInput};
 use crate::pki::{self, LoadedIssuer, LoadedPki};
+use crate::promises::Promises;
 use crate::store::{
     AuditEvent, CertFilter, CertRecord, CrlRecord, IssuerRecord, IssuerState, Revocation,
     RevokeTarget, Store, StoreError, TicketRecord, TicketState,
@@ -154,6 +155,11 @@ pub struct Authority {
     /// caller (`PublishCrl`). Taken inside the blocking task, so a cancelled caller cannot
     /// release it while its publication is still running.
     crl_publishing: Arc<Mutex<()>>,
+    /// What the CA has promised, kept outside the store (checkpoints, last CRLs); set by
+    /// `serve` (see [`crate::promises`]).
+    promises: OnceLock<Arc<Promises>>,
+    /// Issuers whose CRL the publication guard is holding back.
+    crl_blocked: Mutex<HashSet<String>>,
 }
 
 /// Runs blocking (store or CPU) work off the reactor.
@@ -168,6 +174,9 @@ where
 }
 
 fn store_err(e: StoreError) -> CaError {
+    if let Some(unavailable) = crate::storage::storage_failure(&e) {
+        return unavailable;
+    }
     match e {
         StoreError::NotFound { .. } => CaError::NotFound {
             what: "record",
@@ -191,11 +200,11 @@ impl Drop for Redeeming<'_> {
     }
 }
 
-struct StoreLookup(Arc<dyn Store>);
+struct StoreLookup(Arc<dyn Store>, Option<Arc<Promises>>);
 
 impl StatusLookup for StoreLookup {
     fn status(&self, issuer_id: &str, serial_hex: &str) -> CertStatus {
-        match self.0.certificate(serial_hex) {
+        let status = match self.0.certificate(serial_hex) {
             Ok(Some(c)) if c.issuer_id == issuer_id => match c.revocation {
                 Some(r) => CertStatus::Revoked {
                     at: r.revoked_at,
@@ -208,6 +217,25 @@ impl StatusLookup for StoreLookup {
                 tracing::error!(error = %e, "OCSP status lookup failed; answering unknown");
                 CertStatus::Unknown
             }
+        };
+        if matches!(status, CertStatus::Revoked { .. }) {
+            return status;
+        }
+        // Never good (nor unknown) for a serial the last published CRL lists.
+        match self
+            .1
+            .as_ref()
+            .and_then(|p| p.published_revocation(issuer_id, serial_hex))
+        {
+            Some(r) => {
+                tracing::warn!(issuer = %issuer_id, serial = %serial_hex,
+                    "the store does not have a revocation the last published CRL lists; answering revoked");
+                CertStatus::Revoked {
+                    at: r.revoked_at,
+                    reason: r.reason,
+                }
+            }
+            None => status,
         }
     }
 }
@@ -265,9 +293,44 @@ impl Authority {
             passphrase,
             limits: Arc::new(crate::limits::RateLimits::new(&policy)),
             crl_publishing: Arc::new(Mutex::new(())),
+            promises: OnceLock::new(),
+            crl_blocked: Mutex::new(HashSet::new()),
         });
         auth.sync_issuer_records()?;
         Ok((auth, rx))
+    }
+
+    /// Hands the authority what the CA has promised (once, at start): from then on every
+    /// CRL is checked against the last published one, kept, and checkpointed.
+    pub fn set_promises(&self, promises: Arc<Promises>) {
+        let _ = self.promises.set(promises);
+    }
+
+    fn promises(&self) -> Option<Arc<Promises>> {
+        self.promises.get().cloned()
+    }
+
+    /// Whether the CRL publication guard is holding back the CRL of some issuer.
+    pub fn crl_guard_blocked(&self) -> bool {
+        self.crl_blocked
+            .lock()
+            .map(|s| !s.is_empty())
+            .unwrap_or(true)
+    }
+
+    /// Signs and writes a checkpoint of the store now (`force`) or if the audit log moved.
+    pub async fn checkpoint(&self, reason: &'static str, force: bool) {
+        let Some(p) = self.promises() else { return };
+        let store = self.store.clone();
+        let r =
+            tokio::task::spawn_blocking(move || p.checkpoint(store.as_ref(), reason, force)).await;
+        match r {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, reason, "writing the audit checkpoint failed")
+            }
+            Err(e) => tracing::error!(error = %e, reason, "checkpoint task failed"),
+        }
     }
 
     /// The policy in force.
@@ -367,6 +430,7 @@ impl Authority {
         caller: &Caller,
         req: NewTicket,
     ) -> Result<(TicketRecord, TicketPassword), CaError> {
+        crate::storage::check_room()?;
         self.policy
             .limits
             .check_enrollee(&req.enrollee)
@@ -525,6 +589,7 @@ impl Authority {
         caller: &Caller,
         req: Redemption,
     ) -> Result<Bundle, CaError> {
+        crate::storage::check_room()?;
         if !self.limits.allow_ticket(&req.number) {
             tracing::warn!(ticket = %req.number, "ticket redemption rate limit hit");
             return Err(CaError::ResourceExhausted(
@@ -866,11 +931,16 @@ impl Authority {
         let store = self.store.clone();
         let s = serial.to_string();
         let c = blocking(move || store.certificate(&s).map_err(store_err)).await?;
+        let published = |issuer: &str| {
+            self.promises()
+                .and_then(|p| p.published_revocation(issuer, serial))
+        };
         Ok(match c {
             None => StatusAnswer::Unknown,
             Some(c) => match c.revocation {
                 Some(r) => StatusAnswer::Revoked(r),
-                None => StatusAnswer::Good,
+                // Never good for a serial the last published CRL lists.
+                None => published(&c.issuer_id).map_or(StatusAnswer::Good, StatusAnswer::Revoked),
             },
         })
     }
@@ -975,11 +1045,16 @@ impl Authority {
         let idp = pki::crl_url(&self.url_base, &id);
         let actor = actor.to_string();
         let started = std::time::Instant::now();
+        let promises = self.promises();
+        let this = self.clone();
         let record = blocking(move || {
             // A poisoned gate only means another publication panicked; the store is consistent.
             let _one_at_a_time = gate
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Never withdraw a published revocation: every unexpired entry of the previous
+            // CRL must be on this one (checked before a number is reserved).
+            this.crl_guard(&issuer.id, store.as_ref(), promises.as_deref())?;
             // The number is at least the current Unix time (as Boulder does): it only ever
             // grows, also after a restore from an older backup, which would otherwise reissue
             // numbers already published with different content. The store's counter keeps it
@@ -1032,6 +1107,15 @@ impl Authority {
                     },
                 )
                 .map_err(store_err)?;
+            // Kept outside the store, then checkpointed: what was published is promised.
+            if let Some(p) = &promises {
+                if let Err(e) = p.keep_crl(&record) {
+                    tracing::error!(issuer = %record.issuer_id, error = %e, "keeping the published CRL failed");
+                }
+                if let Err(e) = p.checkpoint(store.as_ref(), "crl.published", true) {
+                    tracing::error!(error = %e, "writing the audit checkpoint failed");
+                }
+            }
             Ok(record)
         })
         .await?;
@@ -1049,6 +1133,77 @@ impl Authority {
             newer
         });
         Ok(record)
+    }
+
+    /// The publication guard: `Err` (and an alarm: error log, `ca_crl_guard_refusals_total`,
+    /// revocation health NOT_SERVING) when the store's revocation index lacks an unexpired
+    /// entry of the previous CRL (the kept one, else the store's own), so the CRL built from
+    /// it would withdraw a published revocation. The last good CRL keeps being served.
+    fn crl_guard(
+        &self,
+        issuer_id: &str,
+        store: &dyn Store,
+        promises: Option<&Promises>,
+    ) -> Result<(), CaError> {
+        let previous = match promises.and_then(|p| p.kept_crl(issuer_id)) {
+            Some(der) => Some(der),
+            None => store
+                .latest_crl(issuer_id)
+                .map_err(store_err)?
+                .map(|c| c.der),
+        };
+        let label = metrics::IssuerLabel {
+            issuer: issuer_id.to_string(),
+        };
+        let m = metrics::metrics();
+        let missing = match previous {
+            None => Vec::new(),
+            Some(der) => {
+                let published =
+                    crate::promises::parse_crl(&der, issuer_id, None).map_err(CaError::internal)?;
+                let not_after = self
+                    .issuer_set()
+                    .by_id
+                    .get(issuer_id)
+                    .map_or(OffsetDateTime::now_utc(), |i| i.not_after);
+                crate::promises::missing_revocations(
+                    store,
+                    issuer_id,
+                    &published,
+                    not_after,
+                    OffsetDateTime::now_utc(),
+                )
+                .map_err(|e| match e {
+                    crate::promises::PromiseError::Store(e) => store_err(e),
+                    e => CaError::internal(e),
+                })?
+                .into_iter()
+                .map(|e| e.serial)
+                .collect::<Vec<_>>()
+            }
+        };
+        let mut blocked = self
+            .crl_blocked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if missing.is_empty() {
+            if blocked.remove(issuer_id) {
+                tracing::info!(issuer = %issuer_id, "CRL guard released: the store holds every published revocation again");
+            }
+            m.crl_guard_blocked.get_or_create(&label).set(0);
+            return Ok(());
+        }
+        blocked.insert(issuer_id.to_string());
+        m.crl_guard_refusals.get_or_create(&label).inc();
+        m.crl_guard_blocked.get_or_create(&label).set(1);
+        let shown: Vec<&str> = missing.iter().take(10).map(String::as_str).collect();
+        tracing::error!(issuer = %issuer_id, missing = missing.len(), serials = %shown.join(","),
+            "CRL publication refused: it would drop unexpired entries of the last published CRL; serving the last good CRL (run `ca-daemon store reconcile`)");
+        Err(CaError::Unavailable(format!(
+            "CRL of {issuer_id} not published: the store lacks {} unexpired revocation(s) of the last published CRL ({}); the last good CRL is still served",
+            missing.len(),
+            shown.join(", ")
+        )))
     }
 
     /// Drains revocation notifications, waits the policy's batch window so revocations that
@@ -1167,6 +1322,7 @@ impl Authority {
     /// renews OCSP responder certificates; forgets idle rate-limit state.
     pub async fn scheduled_maintenance(self: &Arc<Self>) {
         self.limits.retain_recent();
+        self.checkpoint("schedule", false).await;
         self.renew_responders().await;
         // Retiring issuers whose last certificate expired become retired.
         let this = self.clone();
@@ -1199,7 +1355,7 @@ impl Authority {
         }
         let this = self.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let lookup = StoreLookup(this.store.clone());
+            let lookup = StoreLookup(this.store.clone(), this.promises());
             let n = this.ocsp.refresh_due(OffsetDateTime::now_utc(), &lookup);
             if n > 0 {
                 tracing::info!(count = n, "OCSP responses re-signed before nextUpdate");
@@ -1211,7 +1367,7 @@ impl Authority {
     /// Answers a DER OCSP request with a DER OCSP response (never fails: errors are OCSP
     /// error responses), plus the times an HTTP cache needs.
     pub fn ocsp(&self, request_der: &[u8]) -> crate::ocsp::OcspAnswer {
-        let lookup = StoreLookup(self.store.clone());
+        let lookup = StoreLookup(self.store.clone(), self.promises());
         let answer = self
             .ocsp
             .answer(request_der, OffsetDateTime::now_utc(), &lookup);
@@ -1260,6 +1416,47 @@ impl Authority {
     pub async fn verify_audit(&self) -> Result<crate::audit::AuditVerification, CaError> {
         let store = self.store.clone();
         blocking(move || store.verify_audit().map_err(store_err)).await
+    }
+
+    /// Verifies the audit chain and that it still holds the entry a checkpoint records (the
+    /// checkpoint's signature is checked with the daemon's checkpoint key first): a log
+    /// truncated or rewritten since the checkpoint is reported as broken.
+    pub async fn verify_audit_against_checkpoint(
+        &self,
+        checkpoint: &[u8],
+    ) -> Result<crate::audit::AuditVerification, CaError> {
+        use crate::audit::AuditVerification;
+        let cp = crate::promises::Checkpoint::parse(checkpoint, std::path::Path::new("request"))
+            .map_err(|e| CaError::invalid("checkpoint", e.to_string()))?;
+        let promises = self
+            .promises()
+            .ok_or_else(|| CaError::Unavailable("no checkpoint key loaded".into()))?;
+        if let Err(problem) = cp.verify(&promises.public_key_hex()) {
+            return Ok(AuditVerification::bad(
+                0,
+                cp.seq,
+                format!("the checkpoint is not one of this daemon's: {problem}"),
+            ));
+        }
+        let store = self.store.clone();
+        blocking(move || {
+            let v = store.verify_audit().map_err(store_err)?;
+            if !v.ok {
+                return Ok(v);
+            }
+            let head = store.durable_audit_head().map_err(store_err)?;
+            Ok(
+                match crate::promises::audit_problem(store.as_ref(), &cp, head) {
+                    None => v,
+                    Some(problem) => AuditVerification::bad(
+                        v.entries.min(cp.seq.saturating_sub(1)),
+                        cp.seq.min(head.seq + 1),
+                        format!("since the checkpoint: {problem}"),
+                    ),
+                },
+            )
+        })
+        .await
     }
 
     /// Ticket counts by state.

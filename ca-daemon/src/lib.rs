@@ -18,6 +18,8 @@ pub mod metrics;
 pub mod ocsp;
 pub mod pkcs12;
 pub mod pki;
+pub mod promises;
 pub mod server;
+pub mod storage;
 pub mod store;
 pub mod tickets;

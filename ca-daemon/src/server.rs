@@ -65,6 +65,86 @@ pub enum ServeError {
     /// Startup of a component failed.
     #[error("{0}")]
     Startup(String),
+    /// The store is missing or behind what the CA has promised (see [`crate::promises`]).
+    #[error("{0}")]
+    Refused(String),
+    /// A store write failed and space is back: the daemon stopped to be restarted on a fresh
+    /// store handle (exit code [`crate::storage::RESTART_EXIT_CODE`]).
+    #[error(
+        "stopped after a failed storage write to get a fresh store handle; start again (systemd does)"
+    )]
+    RestartRequested,
+}
+
+/// Whether a sled store exists in `store_dir`.
+pub fn store_present(store_dir: &std::path::Path) -> bool {
+    store_dir.join("conf").is_file() && store_dir.join("db").is_file()
+}
+
+/// Creates an empty store in `store_dir` (the explicit way to get one: `init`, the first dev
+/// run, `ca-daemon store create`); refuses if one exists.
+pub fn create_empty_store(store_dir: &std::path::Path) -> Result<(), ServeError> {
+    if store_dir.exists() {
+        return Err(ServeError::Store(format!(
+            "{} already exists; refusing to replace it",
+            store_dir.display()
+        )));
+    }
+    crate::store::SledStore::open(store_dir)
+        .map(drop)
+        .map_err(|e| ServeError::Store(e.to_string()))
+}
+
+/// Opens the store for `serve`, refusing a missing one when the PKI exists and one that is
+/// behind what the CA has promised; returns it with the promises keeper.
+fn open_checked_store(
+    data_dir: &std::path::Path,
+    pki: &crate::pki::LoadedPki,
+) -> Result<(crate::store::SledStore, crate::promises::Promises), ServeError> {
+    use crate::promises::{CheckpointKey, PromiseLayout, Promises, check_store};
+    let store_dir = crate::pki::Layout::new(data_dir).store_dir();
+    let layout = PromiseLayout::new(data_dir);
+    if !store_present(&store_dir) {
+        let promised = layout.read_checkpoint().ok().flatten().map_or_else(
+            || "this PKI exists".to_owned(),
+            |c| {
+                format!(
+                    "the checkpoint of {} records {} audit entries",
+                    c.time, c.seq
+                )
+            },
+        );
+        return Err(ServeError::Refused(format!(
+            "refusing to start: there is no store in {store} but {promised}; a new empty store would forget every certificate and revocation. Restore the newest backup (`ca-daemon restore --from FILE --data-dir {dd}`) or, with no backup, create an empty store (`ca-daemon store create --data-dir {dd}`), then run `ca-daemon store reconcile --data-dir {dd}`; see docs/operations.md, \"The disk died\"",
+            store = store_dir.display(),
+            dd = data_dir.display(),
+        )));
+    }
+    let store = crate::store::SledStore::open(&store_dir).map_err(|e| {
+        ServeError::Store(format!(
+            "{e} (if the store is damaged, move it aside, restore the newest backup and run `ca-daemon store reconcile`)"
+        ))
+    })?;
+    let key =
+        CheckpointKey::from_pepper(&pki.pepper).map_err(|e| ServeError::Keys(e.to_string()))?;
+    let not_after = pki
+        .issuers
+        .iter()
+        .map(|i| (i.id.clone(), i.not_after))
+        .collect();
+    let check = check_store(
+        &layout,
+        &store,
+        Some(&key.public_key_hex()),
+        &not_after,
+        time::OffsetDateTime::now_utc(),
+    )
+    .map_err(|e| ServeError::Refused(format!("refusing to start: {e}")))?;
+    if !check.is_ok() {
+        return Err(ServeError::Refused(check.refusal(data_dir)));
+    }
+    let promises = Promises::open(data_dir, key).map_err(|e| ServeError::Store(e.to_string()))?;
+    Ok((store, promises))
 }
 
 /// Loads the policy file or the built-in default.
@@ -108,6 +188,7 @@ pub fn ensure_dev_pki(data_dir: &std::path::Path, url_base: &str) -> Result<(), 
     let opts = crate::pki::InitOptions::dev(data_dir, url_base)
         .map_err(|e| ServeError::Keys(e.to_string()))?;
     let report = crate::pki::init(&opts).map_err(|e| ServeError::Keys(e.to_string()))?;
+    create_empty_store(&crate::pki::Layout::new(data_dir).store_dir())?;
     tracing::warn!(data_dir = %data_dir.display(), issuer = %report.issuer_id,
         "created a DEV PKI (generated passphrase in dev/passphrase, plaintext client keys in dev/): not for production");
     Ok(())
@@ -166,12 +247,14 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     .map_err(|e| ServeError::Keys(e.to_string()))?;
 
     let store_dir = crate::pki::Layout::new(&opts.data_dir).store_dir();
-    let store: Arc<dyn Store> = Arc::new(
-        tokio::task::spawn_blocking(move || crate::store::SledStore::open(&store_dir))
-            .await
-            .map_err(|e| ServeError::Startup(e.to_string()))?
-            .map_err(|e| ServeError::Store(e.to_string()))?,
-    );
+    crate::storage::configure(&store_dir, policy.storage.low_water_bytes());
+    let dir = opts.data_dir.clone();
+    let (pki, store, promises) = tokio::task::spawn_blocking(move || {
+        open_checked_store(&dir, &pki).map(|(s, p)| (pki, s, p))
+    })
+    .await
+    .map_err(|e| ServeError::Startup(e.to_string()))??;
+    let store: Arc<dyn Store> = Arc::new(store);
     let (authority, crl_rx) = Authority::new(
         pki,
         store,
@@ -180,6 +263,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         passphrase.clone(),
     )
     .map_err(|e| ServeError::Startup(e.to_string()))?;
+    authority.set_promises(Arc::new(promises));
     authority.scheduled_maintenance().await;
     tokio::spawn(authority.clone().run_crl_publisher(crl_rx));
 
@@ -214,6 +298,16 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     health_reporter
         .set_serving::<v1::revocation_server::RevocationServer<RevocationService>>()
         .await;
+    // Storage room and the CRL guard move these two to NOT_SERVING and back.
+    let (restart_tx, mut restart_rx) = watch::channel(false);
+    {
+        let a = authority.clone();
+        tokio::spawn(crate::storage::health_monitor(
+            health_reporter.clone(),
+            move || a.crl_guard_blocked(),
+            restart_tx,
+        ));
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pki_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -311,16 +405,25 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             }
         });
     }
-    shutdown_signal().await;
+    let restart = tokio::select! {
+        () = shutdown_signal() => false,
+        _ = restart_rx.wait_for(|r| *r) => true,
+    };
     let _ = stop_tx.send(true);
     // In-flight calls finish; a peer that never lets go does not keep us alive forever.
     let drained = tokio::time::timeout(Duration::from_secs(25), async {
         tokio::join!(grpc_task, http_task)
     })
     .await;
+    // What was acknowledged is promised: a last checkpoint on the way out.
+    authority.checkpoint("shutdown", true).await;
     let Ok((g, h)) = drained else {
         tracing::warn!("connections did not drain within 25 s; exiting anyway");
-        return Ok(());
+        return if restart {
+            Err(ServeError::RestartRequested)
+        } else {
+            Ok(())
+        };
     };
     if let Some(m) = metrics {
         let _ = m.await;
@@ -330,6 +433,10 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     }
     if let Ok(Err(e)) = h {
         tracing::error!(error = %e, "HTTP server ended with an error");
+    }
+    if restart {
+        tracing::warn!("ca-daemon stopped for a restart on a fresh store handle");
+        return Err(ServeError::RestartRequested);
     }
     tracing::info!("ca-daemon stopped");
     Ok(())

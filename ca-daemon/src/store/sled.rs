@@ -45,8 +45,8 @@ use time::OffsetDateTime;
 
 use super::{
     AuditEntry, AuditEvent, AuditVerification, CertFilter, CertRecord, CrlRecord, IssuerRecord,
-    Record, Revocation, RevokeTarget, RevokedEntry, Store, StoreError, TicketRecord, TicketState,
-    decode, decode_versioned, encode, encode_versioned,
+    Record, Reinstated, Revocation, RevokeTarget, RevokedEntry, Store, StoreError, TicketRecord,
+    TicketState, decode, decode_versioned, encode, encode_versioned,
 };
 use crate::audit::{self, ChainHead};
 
@@ -239,6 +239,23 @@ impl SledStore {
         }
         tree.insert(key, value)?;
         Ok(len)
+    }
+
+    /// Test hook for the CRL-guard tests: removes the revocation-index entry of `serial`
+    /// (what a damaged index looks like: the certificate still says revoked, the next CRL
+    /// would not list it). Not audited; flushed.
+    #[doc(hidden)]
+    pub fn tamper_remove_revoked_index(
+        &self,
+        issuer_id: &str,
+        serial: &str,
+    ) -> Result<bool, StoreError> {
+        let removed = self
+            .tree(IDX_REVOKED)
+            .remove(idx_key(issuer_id, serial))?
+            .is_some();
+        self.inner.db.flush()?;
+        Ok(removed)
     }
 
     fn tree(&self, i: usize) -> &Tree {
@@ -627,11 +644,12 @@ impl Store for SledStore {
     }
 
     fn revoked_certificates(&self, issuer_id: &str) -> Result<Vec<CertRecord>, StoreError> {
+        // Serials known only by their revocation (reinstated after a restore) have no
+        // certificate to return.
         self.index_serials(IDX_REVOKED, issuer_id, None)
-            .map(|serial| {
-                let serial = serial?;
-                self.get(CERTS, &serial)?
-                    .ok_or_else(|| not_found("certificate", &serial))
+            .filter_map(|serial| match serial {
+                Ok(serial) => self.get(CERTS, &serial).transpose(),
+                Err(e) => Some(Err(e)),
             })
             .collect()
     }
@@ -781,6 +799,89 @@ impl Store for SledStore {
             ));
         }
         Ok(verification)
+    }
+
+    fn durable_audit_head(&self) -> Result<ChainHead, StoreError> {
+        // Read first, then flush: the flush covers every commit made before it started,
+        // including the one that wrote this head.
+        let head = self.audit_head()?;
+        self.inner.db.flush()?;
+        Ok(head)
+    }
+
+    fn reinstate_revocations(
+        &self,
+        issuer_id: &str,
+        entries: &[RevokedEntry],
+        actor: &str,
+    ) -> Result<Vec<Reinstated>, StoreError> {
+        self.mutate(|| {
+            self.transact(|tx| {
+                let certs = tx.tree(CERTS);
+                let index = tx.tree(IDX_REVOKED);
+                let mut out = Vec::with_capacity(entries.len());
+                let mut audited = Vec::new();
+                for e in entries {
+                    let key = idx_key(issuer_id, &e.serial);
+                    let indexed = index.get(key.as_slice())?.is_some();
+                    let cert = tx_get::<CertRecord>(certs, &e.serial)?;
+                    let (outcome, not_after, revocation) = match cert {
+                        Some(mut c) if c.revocation.is_none() => {
+                            c.revocation = Some(e.revocation.clone());
+                            certs.insert(e.serial.as_bytes(), encode(&c).or_else(abort)?)?;
+                            bump_tx(tx, &meta_key(META_REVOKED, issuer_id))?;
+                            (
+                                Reinstated::Revoked(e.serial.clone()),
+                                c.not_after,
+                                e.revocation.clone(),
+                            )
+                        }
+                        Some(c) if !indexed => {
+                            let r = c.revocation.clone().unwrap_or_else(|| e.revocation.clone());
+                            (Reinstated::Indexed(e.serial.clone()), c.not_after, r)
+                        }
+                        None if !indexed => (
+                            Reinstated::Unknown(e.serial.clone()),
+                            e.not_after,
+                            e.revocation.clone(),
+                        ),
+                        _ => {
+                            out.push(Reinstated::Present(e.serial.clone()));
+                            continue;
+                        }
+                    };
+                    let entry = RevokedEntry {
+                        serial: e.serial.clone(),
+                        not_after,
+                        revocation,
+                    };
+                    index.insert(
+                        key.as_slice(),
+                        encode_versioned(REVOKED_KIND, &entry).or_else(abort)?,
+                    )?;
+                    let what = match &outcome {
+                        Reinstated::Revoked(_) => "certificate revoked again",
+                        Reinstated::Indexed(_) => "revocation index entry restored",
+                        _ => "serial unknown to the store (issued after the backup?)",
+                    };
+                    audited.push(append_audit_tx(
+                        tx,
+                        &AuditEvent::new(
+                            actor,
+                            "revocation.reinstated",
+                            format!("serial:{}", e.serial),
+                            format!(
+                                "issuer={issuer_id} reason={} revoked_at={} from the last published CRL: {what}",
+                                e.revocation.reason,
+                                e.revocation.revoked_at.unix_timestamp()
+                            ),
+                        ),
+                    )?);
+                    out.push(outcome);
+                }
+                Ok((out, audited))
+            })
+        })
     }
 
     fn backup_to(&self, path: &Path) -> Result<(), StoreError> {
