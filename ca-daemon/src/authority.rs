@@ -1054,7 +1054,6 @@ impl Authority {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             // Never withdraw a published revocation: every unexpired entry of the previous
             // CRL must be on this one (checked before a number is reserved).
-            this.crl_guard(&issuer.id, store.as_ref(), promises.as_deref())?;
             // The number is at least the current Unix time (as Boulder does): it only ever
             // grows, also after a restore from an older backup, which would otherwise reissue
             // numbers already published with different content. The store's counter keeps it
@@ -1073,6 +1072,12 @@ impl Authority {
                     invalidity_date: e.revocation.invalidity_date,
                 })
                 .collect();
+            // Never withdraw a published revocation: every unexpired entry of the previous
+            // CRL must be on this one.
+            {
+                let have: HashSet<String> = entries.iter().map(|e| e.serial_hex.clone()).collect();
+                this.crl_guard(&issuer.id, &have, store.as_ref(), promises.as_deref())?;
+            }
             let now = OffsetDateTime::now_utc();
             let this_update = now.replace_nanosecond(0).unwrap_or(now);
             let next_update = this_update + Duration::hours(next_update_hours);
@@ -1096,6 +1101,18 @@ impl Authority {
                 next_update,
                 der,
             };
+            // Kept outside the store before it is saved and served: a CRL that cannot be kept
+            // (disk full) is not published (UNAVAILABLE), so nothing is served that a lost
+            // store could later withdraw.
+            if let Some(p) = &promises {
+                p.keep_crl(&record, entries.iter().map(|e| e.serial_hex.as_str()))
+                    .map_err(|e| match e {
+                    crate::promises::PromiseError::Io { path, source } => {
+                        store_err(StoreError::Io { path, source })
+                    }
+                    e => CaError::internal(e),
+                })?;
+            }
             store
                 .save_crl(
                     &record,
@@ -1107,14 +1124,11 @@ impl Authority {
                     },
                 )
                 .map_err(store_err)?;
-            // Kept outside the store, then checkpointed: what was published is promised.
-            if let Some(p) = &promises {
-                if let Err(e) = p.keep_crl(&record) {
-                    tracing::error!(issuer = %record.issuer_id, error = %e, "keeping the published CRL failed");
-                }
-                if let Err(e) = p.checkpoint(store.as_ref(), "crl.published", true) {
-                    tracing::error!(error = %e, "writing the audit checkpoint failed");
-                }
+            if let Some(p) = &promises
+                && let Err(e) = p.checkpoint(store.as_ref(), "crl.published", true)
+            {
+                // The previous checkpoint stays valid (the store is ahead of it).
+                tracing::error!(error = %e, "writing the audit checkpoint failed");
             }
             Ok(record)
         })
@@ -1142,6 +1156,7 @@ impl Authority {
     fn crl_guard(
         &self,
         issuer_id: &str,
+        have: &HashSet<String>,
         store: &dyn Store,
         promises: Option<&Promises>,
     ) -> Result<(), CaError> {
@@ -1166,9 +1181,9 @@ impl Authority {
                     .by_id
                     .get(issuer_id)
                     .map_or(OffsetDateTime::now_utc(), |i| i.not_after);
-                crate::promises::missing_revocations(
+                crate::promises::missing_from(
+                    have,
                     store,
-                    issuer_id,
                     &published,
                     not_after,
                     OffsetDateTime::now_utc(),

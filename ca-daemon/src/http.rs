@@ -51,8 +51,24 @@ fn error_response(e: CaError) -> Response {
     (code, e.to_string()).into_response()
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// 200 `ok` when healthy; 503 with the reason after a failed storage write or while the CRL
+/// guard holds a CRL back (CRLs and OCSP are still served from memory meanwhile).
+async fn healthz(State(a): State<Arc<Authority>>) -> Response {
+    if crate::storage::is_failed() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage write failed: enrollment is not serving\n",
+        )
+            .into_response();
+    }
+    if a.crl_guard_blocked() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "CRL publication held back: the store lacks a published revocation\n",
+        )
+            .into_response();
+    }
+    "ok\n".into_response()
 }
 
 fn http_date(t: OffsetDateTime) -> Option<HeaderValue> {

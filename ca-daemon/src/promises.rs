@@ -415,6 +415,17 @@ pub fn missing_revocations(
         .into_iter()
         .map(|e| e.serial)
         .collect();
+    missing_from(&have, store, published, fallback_not_after, now)
+}
+
+/// [`missing_revocations`] against the serials `have` that the next CRL will list.
+pub fn missing_from(
+    have: &HashSet<String>,
+    store: &dyn Store,
+    published: &PublishedCrl,
+    fallback_not_after: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Result<Vec<RevokedEntry>, PromiseError> {
     let mut out = Vec::new();
     for e in &published.entries {
         if have.contains(&e.serial) {
@@ -574,15 +585,19 @@ struct KeptSerials {
 
 impl KeptSerials {
     fn from_entries(number: u64, entries: &[PublishedEntry]) -> Self {
+        Self::from_serials(number, entries.iter().map(|e| e.serial.as_str()))
+    }
+
+    fn from_serials<'a>(number: u64, serials: impl Iterator<Item = &'a str>) -> Self {
         let mut s = Self {
             number,
             ..Self::default()
         };
-        for e in entries {
-            match u128::from_str_radix(&e.serial, 16) {
-                Ok(n) if e.serial.len() <= 32 => s.short.push(n),
+        for serial in serials {
+            match u128::from_str_radix(serial, 16) {
+                Ok(n) if serial.len() <= 32 => s.short.push(n),
                 _ => {
-                    s.long.insert(e.serial.clone());
+                    s.long.insert(serial.to_owned());
                 }
             }
         }
@@ -662,7 +677,11 @@ impl Promises {
 
     /// Keeps `crl` as the last published CRL of its issuer (atomic write). Call once it is
     /// saved in the store.
-    pub fn keep_crl(&self, crl: &CrlRecord) -> Result<(), PromiseError> {
+    pub fn keep_crl<'a>(
+        &self,
+        crl: &CrlRecord,
+        serials: impl Iterator<Item = &'a str>,
+    ) -> Result<(), PromiseError> {
         let path = self.layout.crl(&crl.issuer_id);
         fsutil::write_atomic(
             &path,
@@ -671,10 +690,9 @@ impl Promises {
             Overwrite::Replace,
         )
         .map_err(io_err(&path))?;
-        let parsed = parse_crl(&crl.der, &crl.issuer_id, None)?;
         lock(&self.kept).insert(
             crl.issuer_id.clone(),
-            KeptSerials::from_entries(crl.number, &parsed.entries),
+            KeptSerials::from_serials(crl.number, serials),
         );
         Ok(())
     }
@@ -809,6 +827,14 @@ pub fn reconcile(
             &format!("kept for {issuer}"),
             cert,
         )?);
+    }
+    // The store's own last CRL is a promise too (its index may have lost entries).
+    for issuer in issuers.keys() {
+        if let Some(c) = store.latest_crl(issuer)? {
+            crls.entry(issuer.clone())
+                .or_default()
+                .push(parse_crl(&c.der, &format!("saved for {issuer}"), None)?);
+        }
     }
     for (issuer, der) in extra_crls {
         let cert = issuers
