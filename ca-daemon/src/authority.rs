@@ -1107,11 +1107,11 @@ impl Authority {
             if let Some(p) = &promises {
                 p.keep_crl(&record, entries.iter().map(|e| e.serial_hex.as_str()))
                     .map_err(|e| match e {
-                    crate::promises::PromiseError::Io { path, source } => {
-                        store_err(StoreError::Io { path, source })
-                    }
-                    e => CaError::internal(e),
-                })?;
+                        crate::promises::PromiseError::Io { path, source } => {
+                            store_err(StoreError::Io { path, source })
+                        }
+                        e => CaError::internal(e),
+                    })?;
             }
             store
                 .save_crl(

@@ -863,7 +863,12 @@ fn store_reconcile(a: &StoreReconcileArgs) -> Result<(), CliError> {
         }
         println!("re-applied {} revocation(s):", applied.len());
         for v in &applied {
-            println!("  {} {} ({})", v["issuer_id"].as_str().unwrap_or(""), v["serial"].as_str().unwrap_or(""), v["action"].as_str().unwrap_or(""));
+            println!(
+                "  {} {} ({})",
+                v["issuer_id"].as_str().unwrap_or(""),
+                v["serial"].as_str().unwrap_or(""),
+                v["action"].as_str().unwrap_or("")
+            );
         }
         if !unknown.is_empty() {
             println!(

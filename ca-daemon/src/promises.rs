@@ -831,9 +831,11 @@ pub fn reconcile(
     // The store's own last CRL is a promise too (its index may have lost entries).
     for issuer in issuers.keys() {
         if let Some(c) = store.latest_crl(issuer)? {
-            crls.entry(issuer.clone())
-                .or_default()
-                .push(parse_crl(&c.der, &format!("saved for {issuer}"), None)?);
+            crls.entry(issuer.clone()).or_default().push(parse_crl(
+                &c.der,
+                &format!("saved for {issuer}"),
+                None,
+            )?);
         }
     }
     for (issuer, der) in extra_crls {
@@ -1013,5 +1015,172 @@ mod tests {
         assert!(k.contains(&long));
         assert!(!k.contains("0b"));
         assert!(!k.contains("zz"));
+    }
+
+    /// A throw-away issuer (rcgen, P-256) that signs real CRLs.
+    fn test_issuer() -> (Vec<u8>, rcgen::KeyPair) {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("keygen");
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, "Test Issuer");
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&[1, 2, 3]));
+        p.not_before = time::macros::datetime!(2025-01-01 0:00 UTC);
+        p.not_after = time::macros::datetime!(2035-01-01 0:00 UTC);
+        let cert = p.self_signed(&key).expect("self-signed");
+        (cert.der().to_vec(), key)
+    }
+
+    /// The CRL the daemon would publish from `store` now.
+    fn crl_of(store: &dyn Store, number: u64, cert: &[u8], key: &rcgen::KeyPair) -> CrlRecord {
+        let entries: Vec<crate::crl::RevokedEntry> = store
+            .revocation_entries("issuer-1")
+            .expect("entries")
+            .into_iter()
+            .map(|e| crate::crl::RevokedEntry {
+                serial_hex: e.serial,
+                revoked_at: e.revocation.revoked_at,
+                reason: e.revocation.reason,
+                invalidity_date: e.revocation.invalidity_date,
+            })
+            .collect();
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).expect("ns");
+        let der = crate::crl::build_crl(
+            cert,
+            key,
+            &crate::crl::CrlParams {
+                number,
+                this_update: now,
+                next_update: now + time::Duration::hours(24),
+                idp_uri: "http://127.0.0.1:8080/crl/issuer-1.crl",
+                entries: &entries,
+            },
+        )
+        .expect("CRL");
+        CrlRecord {
+            version: crate::store::RECORD_VERSION,
+            issuer_id: "issuer-1".into(),
+            number,
+            this_update: now,
+            next_update: now + time::Duration::hours(24),
+            der,
+        }
+    }
+
+    #[test]
+    fn a_store_behind_its_promises_is_found_and_reconciled() {
+        use crate::store::sled::tests::{ev, issue, store};
+        use crate::store::{RevokeTarget, SledStore};
+        let data = tempfile::tempdir().expect("tmp");
+        let (cert, ikey) = test_issuer();
+        let key = CheckpointKey::from_pepper(&[3u8; 32]).expect("key");
+        let pk = key.public_key_hex();
+        let issuers = HashMap::from([(
+            "issuer-1".to_owned(),
+            (cert.clone(), time::macros::datetime!(2035-01-01 0:00 UTC)),
+        )]);
+        let not_after: HashMap<String, OffsetDateTime> =
+            issuers.iter().map(|(k, (_, t))| (k.clone(), *t)).collect();
+        let now = OffsetDateTime::now_utc();
+
+        // The backup: one certificate, not revoked yet.
+        let (_d1, live) = store();
+        let c1 = issue(&live, "20000001", "0b01", "fac-1");
+        let backup_dir = data.path().join("backup");
+        live.backup_to(&backup_dir).expect("backup");
+        // After the backup: another certificate, both revoked, a CRL published and kept.
+        let c2 = issue(&live, "20000002", "0b02", "fac-1");
+        let rev = Revocation {
+            revoked_at: now.replace_nanosecond(0).expect("ns"),
+            reason: pki_policy::domain::RevocationReason::KeyCompromise,
+            invalidity_date: None,
+        };
+        for c in [&c1, &c2] {
+            live.revoke(
+                &RevokeTarget::Serial(c.serial.clone()),
+                &rev,
+                ev("certificate.revoked", &c.serial),
+            )
+            .expect("revoke");
+        }
+        let promises = Promises::open(
+            data.path(),
+            CheckpointKey::from_pepper(&[3u8; 32]).expect("key"),
+        )
+        .expect("open");
+        let crl = crl_of(&live, 7, &cert, &ikey);
+        promises
+            .keep_crl(&crl, ["0b01", "0b02"].into_iter())
+            .expect("keep");
+        assert!(promises.listed_on_last_crl("issuer-1", "0b02"));
+        assert!(!promises.listed_on_last_crl("issuer-1", "0b03"));
+        assert_eq!(
+            promises
+                .published_revocation("issuer-1", "0b01")
+                .map(|r| r.reason),
+            Some(rev.reason)
+        );
+        let cp = promises
+            .checkpoint(&live, "test", true)
+            .expect("checkpoint")
+            .expect("written");
+        let layout = PromiseLayout::new(data.path());
+
+        // The live store holds everything promised.
+        let ok = check_store(&layout, &live, Some(&pk), &not_after, now).expect("check");
+        assert!(ok.is_ok(), "{}", ok.describe());
+        // A checkpoint signed by another key is refused outright.
+        assert!(check_store(&layout, &live, Some(&"00".repeat(32)), &not_after, now).is_err());
+
+        // The backup is behind: the audit log and both revocations are missing.
+        let restored = SledStore::open(&backup_dir).expect("open backup");
+        let behind = check_store(&layout, &restored, Some(&pk), &not_after, now).expect("check");
+        assert!(!behind.is_ok());
+        assert!(
+            behind
+                .audit_problem
+                .as_deref()
+                .is_some_and(|p| p.contains(&format!("records entry {}", cp.seq))),
+            "{behind:?}"
+        );
+        assert_eq!(behind.missing_count(), 2, "{}", behind.describe());
+        assert!(behind.refusal(data.path()).contains("store reconcile"));
+
+        let report =
+            reconcile(data.path(), &restored, &key, &issuers, &[], "cli:test").expect("reconcile");
+        assert_eq!(
+            report.unknown_serials(),
+            vec![("issuer-1".to_owned(), "0b02".to_owned())]
+        );
+        let after = check_store(&layout, &restored, Some(&pk), &not_after, now).expect("check");
+        assert!(after.is_ok(), "{}", after.describe());
+        let listed: Vec<String> = restored
+            .revocation_entries("issuer-1")
+            .expect("entries")
+            .into_iter()
+            .map(|e| e.serial)
+            .collect();
+        assert_eq!(listed, ["0b01", "0b02"]);
+        assert_eq!(
+            restored
+                .latest_crl("issuer-1")
+                .expect("crl")
+                .map(|c| c.number),
+            Some(7)
+        );
+        let log = restored.audit_entries(1, 1000).expect("audit");
+        assert!(log.iter().any(|e| e.action == "store.reconciled"));
+        assert!(restored.verify_audit().expect("verify").ok);
+
+        // A store whose log was rewritten (same length, other entries) is found too.
+        let (_d3, other) = store();
+        for i in 0..cp.seq + 2 {
+            other
+                .append_audit(ev("noise", &i.to_string()))
+                .expect("append");
+        }
+        let rewritten = audit_problem(&other, &cp, other.durable_audit_head().expect("head"));
+        assert!(rewritten.is_some_and(|p| p.contains("rewritten")));
     }
 }

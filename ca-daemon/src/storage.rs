@@ -203,3 +203,42 @@ pub async fn health_monitor(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_and_file_system_failures_are_unavailable_and_bad_data_is_not() {
+        let full = || std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let e = StoreError::Backend {
+            source: ::sled::Error::Io(full()),
+        };
+        assert!(matches!(storage_failure(&e), Some(CaError::Unavailable(_))));
+        let e = StoreError::Io {
+            path: "/x".into(),
+            source: full(),
+        };
+        assert!(matches!(storage_failure(&e), Some(CaError::Unavailable(_))));
+        let e = StoreError::Corrupt {
+            kind: "ticket",
+            key: "1".into(),
+            detail: "bad".into(),
+        };
+        assert!(storage_failure(&e).is_none());
+        let e = StoreError::Backend {
+            source: ::sled::Error::Unsupported("x".into()),
+        };
+        assert!(storage_failure(&e).is_none());
+    }
+
+    #[test]
+    fn free_space_and_sizes_are_measured() {
+        let dir = tempfile::tempdir().expect("tmp");
+        assert!(free_bytes_at(dir.path()).is_some_and(|f| f > 0));
+        std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+        std::fs::write(dir.path().join("a"), [0u8; 1000]).expect("write");
+        std::fs::write(dir.path().join("sub/b"), [0u8; 24]).expect("write");
+        assert_eq!(dir_size(dir.path()), 1024);
+    }
+}

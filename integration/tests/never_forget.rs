@@ -162,7 +162,10 @@ fn cli(args: &[&str]) -> (i32, String, String) {
 
 fn cli_ok(args: &[&str]) -> String {
     let (code, out, err) = cli(args);
-    assert_eq!(code, 0, "ca-daemon {args:?}\nstdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(
+        code, 0,
+        "ca-daemon {args:?}\nstdout:\n{out}\nstderr:\n{err}"
+    );
     out
 }
 
@@ -327,7 +330,10 @@ async fn damaged_store_is_refused_or_holds_every_revocation() {
         Err(e) => panic!("harness: {e}"),
         // Started: only because every promise checked out, so the CRL still lists all.
         Ok(d2) => {
-            eprintln!("damaged store passed every check after {:?}", started.elapsed());
+            eprintln!(
+                "damaged store passed every check after {:?}",
+                started.elapsed()
+            );
             let (_, s) = wait_crl_lists(&d2, &issuer, &revoked);
             assert!(revoked.is_subset(&s), "{s:?}");
         }
@@ -494,7 +500,10 @@ async fn older_backup_is_refused_then_reconcile_brings_every_revocation_back() {
         .expect("audit verify");
     assert_eq!(code, 0, "the current checkpoint verifies:\n{out}{err}");
     let store_log = std::fs::read_to_string(&d2.log_path).unwrap_or_default();
-    assert!(store_log.contains("audit checkpoint"), "checkpoints on the audit target");
+    assert!(
+        store_log.contains("audit checkpoint"),
+        "checkpoints on the audit target"
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -525,8 +534,12 @@ async fn crl_that_would_drop_an_unexpired_entry_is_never_published() {
     }
     // ...and the CRL kept outside the store is lost too (so the start-up check, which reads
     // the kept CRLs, has nothing to compare with): the store's own last CRL is the promise.
-    std::fs::remove_file(data_dir.join("checkpoint/crls").join(format!("{issuer}.crl")))
-        .expect("lose the kept CRL");
+    std::fs::remove_file(
+        data_dir
+            .join("checkpoint/crls")
+            .join(format!("{issuer}.crl")),
+    )
+    .expect("lose the kept CRL");
     let d2 = start_on(&data_dir, true);
     // The publisher notices the gap at start and tries to republish: refused.
     let start = Instant::now();
@@ -557,9 +570,11 @@ async fn crl_that_would_drop_an_unexpired_entry_is_never_published() {
     let (_, metrics) = http_get(d2.metrics.expect("metrics"), "/metrics").expect("metrics");
     let metrics = String::from_utf8_lossy(&metrics);
     assert!(
-        metrics.lines().any(|l| l.starts_with("ca_crl_guard_refusals_total")
-            && l.contains(&issuer)
-            && !l.ends_with(" 0")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ca_crl_guard_refusals_total")
+                && l.contains(&issuer)
+                && !l.ends_with(" 0")),
         "{metrics}"
     );
     assert!(d2.log().contains("CRL publication refused"));
@@ -626,7 +641,10 @@ fn fill(dir: &Path, name: &str, leave: u64) {
             break;
         }
         let n = ((free - leave) as usize).min(chunk.len());
-        if f.write_all(&chunk[..n]).and_then(|()| f.sync_data()).is_err() {
+        if f.write_all(&chunk[..n])
+            .and_then(|()| f.sync_data())
+            .is_err()
+        {
             break;
         }
     }
@@ -634,9 +652,10 @@ fn fill(dir: &Path, name: &str, leave: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_is_a_state_and_recovers_by_itself() {
-    let uid = Command::new("id").arg("-u").output().map(|o| {
-        String::from_utf8_lossy(&o.stdout).trim().to_owned()
-    });
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
     if uid.as_deref().ok() != Some("0") {
         eprintln!(
             "SKIPPED disk_full_is_a_state_and_recovers_by_itself: mounting a tmpfs needs root (run as root, e.g. in .ci/run)"
@@ -689,12 +708,18 @@ async fn disk_full_is_a_state_and_recovers_by_itself() {
     wait_crl_lists(&d, &issuer, &revoked);
     let start = Instant::now();
     while health(&d, "pki.ca.v1.Enrollment").await != NOT_SERVING {
-        assert!(start.elapsed() < Duration::from_secs(5), "enrollment health");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "enrollment health"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (_, m) = http_get(d.metrics.expect("metrics"), "/metrics").expect("metrics");
     let m = String::from_utf8_lossy(&m);
-    assert!(m.contains("ca_storage_free_bytes") && m.contains("ca_store_size_bytes"), "{m}");
+    assert!(
+        m.contains("ca_storage_free_bytes") && m.contains("ca_store_size_bytes"),
+        "{m}"
+    );
 
     // Completely full: a write that fails is UNAVAILABLE, never INTERNAL.
     fill(&mnt, "filler-2", 0);
@@ -745,7 +770,10 @@ async fn disk_full_is_a_state_and_recovers_by_itself() {
         if code == 503 && health(&d, "pki.ca.v1.Enrollment").await == NOT_SERVING {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "health after the failed write");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "health after the failed write"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let err = c

@@ -1160,7 +1160,7 @@ impl Drop for RunningFlush<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::Barrier;
     use std::time::Duration;
@@ -1231,13 +1231,13 @@ mod tests {
     const T0: OffsetDateTime = datetime!(2026-04-01 09:00 UTC);
     const MAC: [u8; 32] = [7; 32];
 
-    fn store() -> (tempfile::TempDir, SledStore) {
+    pub(crate) fn store() -> (tempfile::TempDir, SledStore) {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SledStore::open(&dir.path().join("db")).expect("open store");
         (dir, store)
     }
 
-    fn ev(action: &str, target: &str) -> AuditEvent {
+    pub(crate) fn ev(action: &str, target: &str) -> AuditEvent {
         AuditEvent::new("ops:test", action, target, "テスト")
     }
 
@@ -1300,7 +1300,7 @@ mod tests {
     }
 
     /// Creates ticket `number` and redeems it for a certificate `serial` of `facility`.
-    fn issue(s: &SledStore, number: &str, serial: &str, facility: &str) -> CertRecord {
+    pub(crate) fn issue(s: &SledStore, number: &str, serial: &str, facility: &str) -> CertRecord {
         s.create_ticket(&ticket(number), ev("ticket.create", number))
             .expect("create ticket");
         let c = cert(serial, number, facility, T0 + time::Duration::days(365));
@@ -1749,5 +1749,88 @@ mod tests {
             })
             .expect("append");
         assert_eq!(store.flush_count(), 1, "a normal store flushes each write");
+    }
+
+    #[test]
+    fn reinstate_revocations_revokes_reindexes_and_records_unknown_serials() {
+        let (_d, s) = store();
+        let c1 = issue(&s, "10000001", "0a01", "fac-1");
+        let c2 = issue(&s, "10000002", "0a02", "fac-1");
+        let rev = Revocation {
+            revoked_at: T0 + time::Duration::days(1),
+            reason: RevocationReason::KeyCompromise,
+            invalidity_date: None,
+        };
+        s.revoke(
+            &RevokeTarget::Serial(c1.serial.clone()),
+            &rev,
+            ev("certificate.revoked", "0a01"),
+        )
+        .expect("revoke");
+        assert!(
+            s.tamper_remove_revoked_index("issuer-1", "0a01")
+                .expect("tamper")
+        );
+        let entry = |serial: &str| RevokedEntry {
+            serial: serial.into(),
+            not_after: T0 + time::Duration::days(365),
+            revocation: rev.clone(),
+        };
+        let before = s.durable_audit_head().expect("head");
+        let done = s
+            .reinstate_revocations(
+                "issuer-1",
+                &[entry("0a01"), entry("0a02"), entry("0a03")],
+                "cli:test",
+            )
+            .expect("reinstate");
+        assert_eq!(
+            done,
+            vec![
+                Reinstated::Indexed("0a01".into()),
+                Reinstated::Revoked("0a02".into()),
+                Reinstated::Unknown("0a03".into()),
+            ]
+        );
+        let listed: Vec<String> = s
+            .revocation_entries("issuer-1")
+            .expect("entries")
+            .into_iter()
+            .map(|e| e.serial)
+            .collect();
+        assert_eq!(listed, ["0a01", "0a02", "0a03"]);
+        let c2 = s.certificate(&c2.serial).expect("read").expect("exists");
+        assert_eq!(
+            c2.revocation,
+            Some(rev.clone()),
+            "revoked with the published time and reason"
+        );
+        // The index-only serial has no certificate to list.
+        assert_eq!(
+            s.revoked_certificates("issuer-1").expect("revoked").len(),
+            2
+        );
+        let after = s.durable_audit_head().expect("head");
+        assert_eq!(after.seq, before.seq + 3, "one audit entry per change");
+        let audited = s.audit_entries(before.seq + 1, 10).expect("audit");
+        assert!(
+            audited
+                .iter()
+                .all(|e| e.action == "revocation.reinstated" && e.actor == "cli:test")
+        );
+        assert!(s.verify_audit().expect("verify").ok);
+        // Idempotent: nothing missing any more, nothing written.
+        let again = s
+            .reinstate_revocations(
+                "issuer-1",
+                &[entry("0a01"), entry("0a02"), entry("0a03")],
+                "cli:test",
+            )
+            .expect("reinstate");
+        assert!(
+            again.iter().all(|r| matches!(r, Reinstated::Present(_))),
+            "{again:?}"
+        );
+        assert_eq!(s.durable_audit_head().expect("head"), after);
     }
 }
