@@ -1105,6 +1105,9 @@ impl Authority {
             // (disk full) is not published (UNAVAILABLE), so nothing is served that a lost
             // store could later withdraw.
             if let Some(p) = &promises {
+                // The entries were read from committed state; make it durable first, so a
+                // crash now never leaves a kept CRL ahead of the store.
+                store.durable_audit_head().map_err(store_err)?;
                 p.keep_crl(&record, entries.iter().map(|e| e.serial_hex.as_str()))
                     .map_err(|e| match e {
                         crate::promises::PromiseError::Io { path, source } => {

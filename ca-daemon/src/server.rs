@@ -407,7 +407,12 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     }
     let restart = tokio::select! {
         () = shutdown_signal() => false,
-        _ = restart_rx.wait_for(|r| *r) => true,
+        () = async {
+            // A monitor that ended without asking for a restart never stops the daemon.
+            if restart_rx.wait_for(|r| *r).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        } => true,
     };
     let _ = stop_tx.send(true);
     // In-flight calls finish; a peer that never lets go does not keep us alive forever.
