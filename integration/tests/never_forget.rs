@@ -322,12 +322,28 @@ async fn damaged_store_is_refused_or_holds_every_revocation() {
         ..DaemonOptions::default()
     }) {
         Err(HarnessError::NotReady(log)) => {
-            eprintln!("damaged store refused after {:?}", started.elapsed());
+            eprintln!(
+                "damaged store refused after {:?}: {}",
+                started.elapsed(),
+                log.lines()
+                    .rev()
+                    .find(|l| l.starts_with("error:"))
+                    .unwrap_or("")
+            );
             assert!(
                 log.contains("exited with")
                     && (log.contains("refusing to start") || log.contains("error: store:")),
                 "a clear refusal:\n{log}"
             );
+            // Recovery as the message says: reconcile (on the damaged store itself here, when
+            // it still opens), then every revocation is back.
+            let dd = data_dir.display().to_string();
+            if log.contains("refusing to start") {
+                cli_ok(&["store", "reconcile", "--data-dir", &dd]);
+                let d2 = start_on(&data_dir, false);
+                let (_, s) = served_crl(&d2, &issuer);
+                assert!(revoked.is_subset(&s), "after reconcile: {s:?}");
+            }
         }
         Err(e) => panic!("harness: {e}"),
         // Started: only because every promise checked out, so the CRL still lists all.
