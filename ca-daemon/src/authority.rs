@@ -577,6 +577,9 @@ impl Authority {
             Err(CaError::TicketNotRedeemable { .. }) => "not_redeemable",
             Err(CaError::RedemptionInProgress) => "in_progress",
             Err(CaError::InvalidArgument { .. }) => "invalid_argument",
+            Err(CaError::ResourceExhausted(m)) if m.starts_with(crate::storage::NEARLY_FULL) => {
+                "storage_full"
+            }
             Err(CaError::ResourceExhausted(_)) => "rate_limited",
             Err(_) => "error",
         };
@@ -936,7 +939,13 @@ impl Authority {
                 .and_then(|p| p.published_revocation(issuer, serial))
         };
         Ok(match c {
-            None => StatusAnswer::Unknown,
+            // Unknown to the store, but maybe on a published CRL (issued after a backup).
+            None => self
+                .issuer_set()
+                .by_id
+                .keys()
+                .find_map(|id| published(id))
+                .map_or(StatusAnswer::Unknown, StatusAnswer::Revoked),
             Some(c) => match c.revocation {
                 Some(r) => StatusAnswer::Revoked(r),
                 // Never good for a serial the last published CRL lists.

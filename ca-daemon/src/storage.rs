@@ -30,6 +30,9 @@ use crate::store::StoreError;
 /// Exit code of a daemon that stops to get a fresh store handle after a failed write.
 pub const RESTART_EXIT_CODE: i32 = 75;
 
+/// How a refusal below the low-water mark starts (metrics tell it from rate limits by it).
+pub const NEARLY_FULL: &str = "storage nearly full";
+
 /// gRPC health service name of enrollment.
 pub const ENROLLMENT_SERVICE: &str = "pki.ca.v1.Enrollment";
 /// gRPC health service name of revocation.
@@ -98,7 +101,7 @@ pub fn check_room() -> Result<(), CaError> {
     }
     match free_bytes_at(&s.path) {
         Some(free) if free < s.low_water => Err(CaError::ResourceExhausted(format!(
-            "storage nearly full: {} MiB free on the store's file system, below the low-water mark of {} MiB; new tickets and redemptions are refused until space is freed (revocations still work)",
+            "{NEARLY_FULL}: {} MiB free on the store's file system, below the low-water mark of {} MiB; new tickets and redemptions are refused until space is freed (revocations still work)",
             free >> 20,
             s.low_water >> 20
         ))),

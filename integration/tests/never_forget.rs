@@ -465,6 +465,22 @@ async fn older_backup_is_refused_then_reconcile_brings_every_revocation_back() {
         .expect("CheckStatus")
         .into_inner();
     assert_eq!(st.status, v1::certificate_status::Status::Revoked as i32);
+    // The serial issued after the backup is unknown to the store, but published as revoked.
+    let st = d2
+        .revocation("gateway")
+        .await
+        .expect("revocation client")
+        .check_status(v1::CheckStatusRequest {
+            serial: b.serial.clone(),
+        })
+        .await
+        .expect("CheckStatus")
+        .into_inner();
+    assert_eq!(
+        st.status,
+        v1::certificate_status::Status::Revoked as i32,
+        "{st:?}"
+    );
     for serial in [&a.serial, &b.serial] {
         if let Some(status) = openssl_ocsp(&d2, &issuer, serial, tmp.path()) {
             assert_eq!(status, "revoked", "OCSP for {serial}");
@@ -711,10 +727,25 @@ async fn disk_full_is_a_state_and_recovers_by_itself() {
         issued.push(redeem(&d, 40 + n).await.serial);
     }
     assert_eq!(health(&d, "pki.ca.v1.Enrollment").await, SERVING);
+    let mut c = d.enrollment("portal").await.expect("portal");
+    let pending = c
+        .create_ticket(sample_ticket_request(49, v1::TargetOs::Ios))
+        .await
+        .expect("CreateTicket")
+        .into_inner();
 
     // Below the low-water mark: no new tickets, but revocation and CRLs still work.
     fill(&mnt, "filler-1", 4 << 20);
-    let mut c = d.enrollment("portal").await.expect("portal");
+    let err = c
+        .redeem_ticket(v1::RedeemTicketRequest {
+            number: pending.number.clone(),
+            password: pending.password.clone(),
+            os: v1::TargetOs::Unspecified as i32,
+            keystore_profile: String::new(),
+        })
+        .await
+        .expect_err("no redemption below the low-water mark");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     let err = c
         .create_ticket(sample_ticket_request(50, v1::TargetOs::Ios))
         .await
@@ -737,6 +768,10 @@ async fn disk_full_is_a_state_and_recovers_by_itself() {
     assert!(
         m.contains("ca_storage_free_bytes") && m.contains("ca_store_size_bytes"),
         "{m}"
+    );
+    assert!(
+        m.contains(r#"ca_redemptions_total{value="storage_full"} 1"#),
+        "a refusal for room is not counted as a rate limit: {m}"
     );
 
     // Completely full: a write that fails is UNAVAILABLE, never INTERNAL.
@@ -828,6 +863,19 @@ async fn disk_full_is_a_state_and_recovers_by_itself() {
     wait_crl_lists(&d, &issuer, &revoked);
     let b = redeem(&d, 52).await;
     assert!(!b.serial.is_empty());
+    let r = d
+        .enrollment("portal")
+        .await
+        .expect("portal")
+        .redeem_ticket(v1::RedeemTicketRequest {
+            number: pending.number,
+            password: pending.password,
+            os: v1::TargetOs::Unspecified as i32,
+            keystore_profile: String::new(),
+        })
+        .await
+        .expect("the refused ticket is still redeemable once space is back");
+    assert!(!r.into_inner().serial.is_empty());
     let v = d
         .admin("ops")
         .await
