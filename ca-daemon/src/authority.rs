@@ -1172,42 +1172,44 @@ impl Authority {
         store: &dyn Store,
         promises: Option<&Promises>,
     ) -> Result<(), CaError> {
-        let previous = match promises.and_then(|p| p.kept_crl(issuer_id)) {
-            Some(der) => Some(der),
-            None => store
-                .latest_crl(issuer_id)
-                .map_err(store_err)?
-                .map(|c| c.der),
-        };
         let label = metrics::IssuerLabel {
             issuer: issuer_id.to_string(),
         };
         let m = metrics::metrics();
-        let missing = match previous {
-            None => Vec::new(),
-            Some(der) => {
-                let published =
-                    crate::promises::parse_crl(&der, issuer_id, None).map_err(CaError::internal)?;
-                let not_after = self
-                    .issuer_set()
-                    .by_id
-                    .get(issuer_id)
-                    .map_or(OffsetDateTime::now_utc(), |i| i.not_after);
-                crate::promises::missing_from(
-                    have,
-                    store,
-                    &published,
-                    not_after,
-                    OffsetDateTime::now_utc(),
-                )
-                .map_err(|e| match e {
-                    crate::promises::PromiseError::Store(e) => store_err(e),
-                    e => CaError::internal(e),
-                })?
-                .into_iter()
-                .map(|e| e.serial)
-                .collect::<Vec<_>>()
+        let now = OffsetDateTime::now_utc();
+        // Known to have expired: a CRL may drop it.
+        let expired = |serial: &str| -> Result<bool, CaError> {
+            Ok(store
+                .certificate(serial)
+                .map_err(store_err)?
+                .is_some_and(|c| c.not_after < now))
+        };
+        // The kept CRL's serials are in memory (no parse of a large CRL per publication);
+        // without one, the store's own last CRL is the previous one.
+        let missing = match promises.and_then(|p| p.unlisted_serials(issuer_id, have)) {
+            Some(unlisted) => {
+                let mut out = Vec::new();
+                for serial in unlisted {
+                    if !expired(&serial)? {
+                        out.push(serial);
+                    }
+                }
+                out
             }
+            None => match store.latest_crl(issuer_id).map_err(store_err)? {
+                None => Vec::new(),
+                Some(previous) => {
+                    let published = crate::promises::parse_crl(&previous.der, issuer_id, None)
+                        .map_err(CaError::internal)?;
+                    let mut out = Vec::new();
+                    for e in published.entries {
+                        if !have.contains(&e.serial) && !expired(&e.serial)? {
+                            out.push(e.serial);
+                        }
+                    }
+                    out
+                }
+            },
         };
         let mut blocked = self
             .crl_blocked

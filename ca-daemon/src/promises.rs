@@ -722,6 +722,24 @@ impl Promises {
         )
     }
 
+    /// The serials on the last CRL kept for `issuer_id` that are not in `have` (in the
+    /// store's form: lowercase hex, whole octets); `None` when no CRL is kept for it.
+    pub fn unlisted_serials(&self, issuer_id: &str, have: &HashSet<String>) -> Option<Vec<String>> {
+        let kept = lock(&self.kept);
+        let k = kept.get(issuer_id)?;
+        let mut out: Vec<String> = k
+            .short
+            .iter()
+            .map(|n| {
+                let s = format!("{n:x}");
+                if s.len() % 2 == 1 { format!("0{s}") } else { s }
+            })
+            .filter(|s| !have.contains(s))
+            .collect();
+        out.extend(k.long.iter().filter(|s| !have.contains(*s)).cloned());
+        Some(out)
+    }
+
     /// Whether the last CRL published by `issuer_id` lists `serial`.
     pub fn listed_on_last_crl(&self, issuer_id: &str, serial: &str) -> bool {
         lock(&self.kept)
@@ -1182,5 +1200,40 @@ mod tests {
         }
         let rewritten = audit_problem(&other, &cp, other.durable_audit_head().expect("head"));
         assert!(rewritten.is_some_and(|p| p.contains("rewritten")));
+    }
+
+    #[test]
+    fn unlisted_serials_use_the_store_form() {
+        let data = tempfile::tempdir().expect("tmp");
+        let p = Promises::open(
+            data.path(),
+            CheckpointKey::from_pepper(&[1u8; 32]).expect("key"),
+        )
+        .expect("open");
+        assert_eq!(
+            p.unlisted_serials("iss", &HashSet::new()),
+            None,
+            "nothing kept"
+        );
+        let long = "0f".repeat(20);
+        let record = CrlRecord {
+            version: crate::store::RECORD_VERSION,
+            issuer_id: "iss".into(),
+            number: 1,
+            this_update: OffsetDateTime::UNIX_EPOCH,
+            next_update: OffsetDateTime::UNIX_EPOCH,
+            der: vec![0x30, 0x00],
+        };
+        p.keep_crl(&record, ["0a01", "6ed3cf", long.as_str()].into_iter())
+            .expect("keep");
+        let have = HashSet::from(["6ed3cf".to_owned()]);
+        let mut got = p.unlisted_serials("iss", &have).expect("kept");
+        got.sort();
+        assert_eq!(got, vec!["0a01".to_owned(), long.clone()]);
+        let all: HashSet<String> = ["0a01", "6ed3cf", long.as_str()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(p.unlisted_serials("iss", &all), Some(Vec::new()));
     }
 }
