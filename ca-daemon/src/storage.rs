@@ -57,7 +57,8 @@ pub fn configure(store_dir: &Path, low_water_bytes: u64) {
 
 /// Free bytes (for unprivileged users) on the file system of `path`.
 pub fn free_bytes_at(path: &Path) -> Option<u64> {
-    fs2::available_space(path).ok()
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Free bytes on the store's file system, if configured.
