@@ -653,7 +653,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     a.data_dir.display()
                 )));
             }
-            crate::server::create_empty_store(&layout.store_dir())
+            crate::promises::create_empty_store(&layout.store_dir())
                 .map_err(|e| CliError::new(e.to_string()))?;
             println!(
                 "created an empty store in {}; run `ca-daemon store reconcile --data-dir {}` before starting the daemon",
@@ -786,7 +786,7 @@ fn audit_checkpoint(a: &AuditCheckpointArgs) -> Result<(), CliError> {
 fn store_reconcile(a: &StoreReconcileArgs) -> Result<(), CliError> {
     let layout = crate::pki::Layout::new(&a.data_dir);
     let store_dir = layout.store_dir();
-    if !crate::server::store_present(&store_dir) {
+    if !crate::promises::store_present(&store_dir) {
         return Err(CliError::new(format!(
             "no store in {}: restore a backup (`ca-daemon restore`) or create an empty one (`ca-daemon store create`) first",
             store_dir.display()
@@ -1023,7 +1023,7 @@ async fn init(a: InitArgs) -> Result<(), CliError> {
         opts.service_validity_days = policy.ca.service_cert_validity_days;
         let report = crate::pki::init(&opts).map_err(|e| CliError::new(e.to_string()))?;
         // The store belongs to the PKI from the start: `serve` never creates one silently.
-        crate::server::create_empty_store(&crate::pki::Layout::new(&a.data_dir).store_dir())
+        crate::promises::create_empty_store(&crate::pki::Layout::new(&a.data_dir).store_dir())
             .map_err(|e| CliError::new(e.to_string()))?;
         Ok((report, a.json))
     })

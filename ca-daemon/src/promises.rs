@@ -87,6 +87,9 @@ pub enum PromiseError {
     /// The key could not be derived.
     #[error("checkpoint key: {0}")]
     Key(String),
+    /// The daemon must not start on this store: what is missing and how to recover.
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PromiseError + '_ {
@@ -786,6 +789,75 @@ pub fn write_checkpoint(layout: &PromiseLayout, cp: &Checkpoint) -> Result<(), P
         Overwrite::Replace,
     )
     .map_err(io_err(&layout.checkpoint()))
+}
+
+/// Whether a sled store exists in `store_dir`.
+pub fn store_present(store_dir: &Path) -> bool {
+    store_dir.join("conf").is_file() && store_dir.join("db").is_file()
+}
+
+/// Creates an empty store in `store_dir` (the explicit way to get one: `init`, the first dev
+/// run, `ca-daemon store create`); refuses if one exists.
+pub fn create_empty_store(store_dir: &Path) -> Result<(), PromiseError> {
+    if store_dir.exists() {
+        return Err(PromiseError::Store(StoreError::TargetExists {
+            path: store_dir.to_path_buf(),
+        }));
+    }
+    crate::store::SledStore::open(store_dir)
+        .map(drop)
+        .map_err(PromiseError::Store)
+}
+
+/// Opens the store for `serve`, refusing ([`PromiseError::Refused`], with what is missing and
+/// how to recover) a missing one when the PKI exists and one that is behind what the CA has
+/// promised; returns it with the promises keeper.
+pub fn open_checked_store(
+    data_dir: &Path,
+    pki: &crate::pki::LoadedPki,
+) -> Result<(crate::store::SledStore, Promises), PromiseError> {
+    let store_dir = crate::pki::Layout::new(data_dir).store_dir();
+    let layout = PromiseLayout::new(data_dir);
+    if !store_present(&store_dir) {
+        let promised = layout.read_checkpoint().ok().flatten().map_or_else(
+            || "this PKI exists".to_owned(),
+            |c| {
+                format!(
+                    "the checkpoint of {} records {} audit entries",
+                    c.time, c.seq
+                )
+            },
+        );
+        return Err(PromiseError::Refused(format!(
+            "refusing to start: there is no store in {store} but {promised}; a new empty store would forget every certificate and revocation. Restore the newest backup (`ca-daemon restore --from FILE --data-dir {dd}`) or, with no backup, create an empty store (`ca-daemon store create --data-dir {dd}`), then run `ca-daemon store reconcile --data-dir {dd}`; see docs/operations.md, \"The disk died\"",
+            store = store_dir.display(),
+            dd = data_dir.display(),
+        )));
+    }
+    let store = crate::store::SledStore::open(&store_dir).map_err(|e| {
+        PromiseError::Refused(format!(
+            "refusing to start: store: {e} (if the store is damaged, move it aside, restore the newest backup and run `ca-daemon store reconcile`)"
+        ))
+    })?;
+    let key = CheckpointKey::from_pepper(&pki.pepper)?;
+    let not_after = pki
+        .issuers
+        .iter()
+        .map(|i| (i.id.clone(), i.not_after))
+        .collect();
+    let check = check_store(
+        &layout,
+        &store,
+        Some(&key.public_key_hex()),
+        &not_after,
+        time::OffsetDateTime::now_utc(),
+    )
+    .map_err(|e| PromiseError::Refused(format!("refusing to start: {e}")))?;
+    if !check.is_ok() {
+        return Err(PromiseError::Refused(check.refusal(data_dir)));
+    }
+    let promises = Promises::open(data_dir, key)?;
+    Ok((store, promises))
 }
 
 /// What [`reconcile`] did.

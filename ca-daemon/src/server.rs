@@ -76,77 +76,6 @@ pub enum ServeError {
     RestartRequested,
 }
 
-/// Whether a sled store exists in `store_dir`.
-pub fn store_present(store_dir: &std::path::Path) -> bool {
-    store_dir.join("conf").is_file() && store_dir.join("db").is_file()
-}
-
-/// Creates an empty store in `store_dir` (the explicit way to get one: `init`, the first dev
-/// run, `ca-daemon store create`); refuses if one exists.
-pub fn create_empty_store(store_dir: &std::path::Path) -> Result<(), ServeError> {
-    if store_dir.exists() {
-        return Err(ServeError::Store(format!(
-            "{} already exists; refusing to replace it",
-            store_dir.display()
-        )));
-    }
-    crate::store::SledStore::open(store_dir)
-        .map(drop)
-        .map_err(|e| ServeError::Store(e.to_string()))
-}
-
-/// Opens the store for `serve`, refusing a missing one when the PKI exists and one that is
-/// behind what the CA has promised; returns it with the promises keeper.
-fn open_checked_store(
-    data_dir: &std::path::Path,
-    pki: &crate::pki::LoadedPki,
-) -> Result<(crate::store::SledStore, crate::promises::Promises), ServeError> {
-    use crate::promises::{CheckpointKey, PromiseLayout, Promises, check_store};
-    let store_dir = crate::pki::Layout::new(data_dir).store_dir();
-    let layout = PromiseLayout::new(data_dir);
-    if !store_present(&store_dir) {
-        let promised = layout.read_checkpoint().ok().flatten().map_or_else(
-            || "this PKI exists".to_owned(),
-            |c| {
-                format!(
-                    "the checkpoint of {} records {} audit entries",
-                    c.time, c.seq
-                )
-            },
-        );
-        return Err(ServeError::Refused(format!(
-            "refusing to start: there is no store in {store} but {promised}; a new empty store would forget every certificate and revocation. Restore the newest backup (`ca-daemon restore --from FILE --data-dir {dd}`) or, with no backup, create an empty store (`ca-daemon store create --data-dir {dd}`), then run `ca-daemon store reconcile --data-dir {dd}`; see docs/operations.md, \"The disk died\"",
-            store = store_dir.display(),
-            dd = data_dir.display(),
-        )));
-    }
-    let store = crate::store::SledStore::open(&store_dir).map_err(|e| {
-        ServeError::Store(format!(
-            "{e} (if the store is damaged, move it aside, restore the newest backup and run `ca-daemon store reconcile`)"
-        ))
-    })?;
-    let key =
-        CheckpointKey::from_pepper(&pki.pepper).map_err(|e| ServeError::Keys(e.to_string()))?;
-    let not_after = pki
-        .issuers
-        .iter()
-        .map(|i| (i.id.clone(), i.not_after))
-        .collect();
-    let check = check_store(
-        &layout,
-        &store,
-        Some(&key.public_key_hex()),
-        &not_after,
-        time::OffsetDateTime::now_utc(),
-    )
-    .map_err(|e| ServeError::Refused(format!("refusing to start: {e}")))?;
-    if !check.is_ok() {
-        return Err(ServeError::Refused(check.refusal(data_dir)));
-    }
-    let promises = Promises::open(data_dir, key).map_err(|e| ServeError::Store(e.to_string()))?;
-    Ok((store, promises))
-}
-
 /// Loads the policy file or the built-in default.
 pub fn load_policy(path: Option<&std::path::Path>) -> Result<Policy, ServeError> {
     match path {
@@ -188,7 +117,8 @@ pub fn ensure_dev_pki(data_dir: &std::path::Path, url_base: &str) -> Result<(), 
     let opts = crate::pki::InitOptions::dev(data_dir, url_base)
         .map_err(|e| ServeError::Keys(e.to_string()))?;
     let report = crate::pki::init(&opts).map_err(|e| ServeError::Keys(e.to_string()))?;
-    create_empty_store(&crate::pki::Layout::new(data_dir).store_dir())?;
+    crate::promises::create_empty_store(&crate::pki::Layout::new(data_dir).store_dir())
+        .map_err(|e| ServeError::Store(e.to_string()))?;
     tracing::warn!(data_dir = %data_dir.display(), issuer = %report.issuer_id,
         "created a DEV PKI (generated passphrase in dev/passphrase, plaintext client keys in dev/): not for production");
     Ok(())
@@ -250,10 +180,14 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     crate::storage::configure(&store_dir, policy.storage.low_water_bytes());
     let dir = opts.data_dir.clone();
     let (pki, store, promises) = tokio::task::spawn_blocking(move || {
-        open_checked_store(&dir, &pki).map(|(s, p)| (pki, s, p))
+        crate::promises::open_checked_store(&dir, &pki).map(|(s, p)| (pki, s, p))
     })
     .await
-    .map_err(|e| ServeError::Startup(e.to_string()))??;
+    .map_err(|e| ServeError::Startup(e.to_string()))?
+    .map_err(|e| match e {
+        crate::promises::PromiseError::Refused(m) => ServeError::Refused(m),
+        e => ServeError::Store(e.to_string()),
+    })?;
     let store: Arc<dyn Store> = Arc::new(store);
     let (authority, crl_rx) = Authority::new(
         pki,
