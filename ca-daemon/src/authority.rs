@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use pki_policy::Policy;
 use pki_policy::domain::{Enrollee, RevocationReason, TargetOs};
@@ -24,6 +24,7 @@ use crate::metrics;
 use crate::ocsp::{CertStatus, OcspResponder, ResponderIssuer, StatusLookup};
 use crate::pkcs12::{self, BundleInput, MobileconfigInput};
 use crate::pki::{self, LoadedIssuer, LoadedPki};
+use crate::promises::Promises;
 use crate::store::{
     AuditEvent, CertFilter, CertRecord, CrlRecord, IssuerRecord, IssuerState, Revocation,
     RevokeTarget, Store, StoreError, TicketRecord, TicketState,
@@ -160,6 +161,11 @@ pub struct Authority {
     /// The live (active and retiring) issuers, active first; updated by
     /// `sync_issuer_records`. Followed by the all-issuers CRL watch ([`edge`]).
     live: watch::Sender<Arc<[LiveIssuer]>>,
+    /// What the CA has promised, kept outside the store (checkpoints, last CRLs); set by
+    /// `serve` (see [`crate::promises`]).
+    promises: OnceLock<Arc<Promises>>,
+    /// Issuers whose CRL the publication guard is holding back.
+    crl_blocked: Mutex<HashSet<String>>,
 }
 
 /// Runs blocking (store or CPU) work off the reactor.
@@ -174,6 +180,9 @@ where
 }
 
 fn store_err(e: StoreError) -> CaError {
+    if let Some(unavailable) = crate::storage::storage_failure(&e) {
+        return unavailable;
+    }
     match e {
         StoreError::NotFound { .. } => CaError::NotFound {
             what: "record",
@@ -197,11 +206,11 @@ impl Drop for Redeeming<'_> {
     }
 }
 
-struct StoreLookup(Arc<dyn Store>);
+struct StoreLookup(Arc<dyn Store>, Option<Arc<Promises>>);
 
 impl StatusLookup for StoreLookup {
     fn status(&self, issuer_id: &str, serial_hex: &str) -> CertStatus {
-        match self.0.certificate(serial_hex) {
+        let status = match self.0.certificate(serial_hex) {
             Ok(Some(c)) if c.issuer_id == issuer_id => match c.revocation {
                 Some(r) => CertStatus::Revoked {
                     at: r.revoked_at,
@@ -214,6 +223,25 @@ impl StatusLookup for StoreLookup {
                 tracing::error!(error = %e, "OCSP status lookup failed; answering unknown");
                 CertStatus::Unknown
             }
+        };
+        if matches!(status, CertStatus::Revoked { .. }) {
+            return status;
+        }
+        // Never good (nor unknown) for a serial the last published CRL lists.
+        match self
+            .1
+            .as_ref()
+            .and_then(|p| p.published_revocation(issuer_id, serial_hex))
+        {
+            Some(r) => {
+                tracing::warn!(issuer = %issuer_id, serial = %serial_hex,
+                    "the store does not have a revocation the last published CRL lists; answering revoked");
+                CertStatus::Revoked {
+                    at: r.revoked_at,
+                    reason: r.reason,
+                }
+            }
+            None => status,
         }
     }
 }
@@ -272,9 +300,44 @@ impl Authority {
             limits: Arc::new(crate::limits::RateLimits::new(&policy)),
             crl_publishing: Arc::new(Mutex::new(())),
             live: watch::channel(Arc::from(Vec::new())).0,
+            promises: OnceLock::new(),
+            crl_blocked: Mutex::new(HashSet::new()),
         });
         auth.sync_issuer_records()?;
         Ok((auth, rx))
+    }
+
+    /// Hands the authority what the CA has promised (once, at start): from then on every
+    /// CRL is checked against the last published one, kept, and checkpointed.
+    pub fn set_promises(&self, promises: Arc<Promises>) {
+        let _ = self.promises.set(promises);
+    }
+
+    fn promises(&self) -> Option<Arc<Promises>> {
+        self.promises.get().cloned()
+    }
+
+    /// Whether the CRL publication guard is holding back the CRL of some issuer.
+    pub fn crl_guard_blocked(&self) -> bool {
+        self.crl_blocked
+            .lock()
+            .map(|s| !s.is_empty())
+            .unwrap_or(true)
+    }
+
+    /// Signs and writes a checkpoint of the store now (`force`) or if the audit log moved.
+    pub async fn checkpoint(&self, reason: &'static str, force: bool) {
+        let Some(p) = self.promises() else { return };
+        let store = self.store.clone();
+        let r =
+            tokio::task::spawn_blocking(move || p.checkpoint(store.as_ref(), reason, force)).await;
+        match r {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, reason, "writing the audit checkpoint failed")
+            }
+            Err(e) => tracing::error!(error = %e, reason, "checkpoint task failed"),
+        }
     }
 
     /// The policy in force.
@@ -373,6 +436,7 @@ impl Authority {
         caller: &Caller,
         req: NewTicket,
     ) -> Result<(TicketRecord, TicketPassword), CaError> {
+        crate::storage::check_room()?;
         self.policy
             .limits
             .check_enrollee(&req.enrollee)
@@ -519,6 +583,9 @@ impl Authority {
             Err(CaError::TicketNotRedeemable { .. }) => "not_redeemable",
             Err(CaError::RedemptionInProgress) => "in_progress",
             Err(CaError::InvalidArgument { .. }) => "invalid_argument",
+            Err(CaError::ResourceExhausted(m)) if m.starts_with(crate::storage::NEARLY_FULL) => {
+                "storage_full"
+            }
             Err(CaError::ResourceExhausted(_)) => "rate_limited",
             Err(_) => "error",
         };
@@ -531,6 +598,7 @@ impl Authority {
         caller: &Caller,
         req: Redemption,
     ) -> Result<Bundle, CaError> {
+        crate::storage::check_room()?;
         if !self.limits.allow_ticket(&req.number) {
             tracing::warn!(ticket = %req.number, "ticket redemption rate limit hit");
             return Err(CaError::ResourceExhausted(
@@ -872,11 +940,22 @@ impl Authority {
         let store = self.store.clone();
         let s = serial.to_string();
         let c = blocking(move || store.certificate(&s).map_err(store_err)).await?;
+        let published = |issuer: &str| {
+            self.promises()
+                .and_then(|p| p.published_revocation(issuer, serial))
+        };
         Ok(match c {
-            None => StatusAnswer::Unknown,
+            // Unknown to the store, but maybe on a published CRL (issued after a backup).
+            None => self
+                .issuer_set()
+                .by_id
+                .keys()
+                .find_map(|id| published(id))
+                .map_or(StatusAnswer::Unknown, StatusAnswer::Revoked),
             Some(c) => match c.revocation {
                 Some(r) => StatusAnswer::Revoked(r),
-                None => StatusAnswer::Good,
+                // Never good for a serial the last published CRL lists.
+                None => published(&c.issuer_id).map_or(StatusAnswer::Good, StatusAnswer::Revoked),
             },
         })
     }
@@ -981,11 +1060,15 @@ impl Authority {
         let idp = pki::crl_url(&self.url_base, &id);
         let actor = actor.to_string();
         let started = std::time::Instant::now();
+        let promises = self.promises();
+        let this = self.clone();
         let record = blocking(move || {
             // A poisoned gate only means another publication panicked; the store is consistent.
             let _one_at_a_time = gate
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Never withdraw a published revocation: every unexpired entry of the previous
+            // CRL must be on this one (checked before a number is reserved).
             // The number is at least the current Unix time (as Boulder does): it only ever
             // grows, also after a restore from an older backup, which would otherwise reissue
             // numbers already published with different content. The store's counter keeps it
@@ -1004,6 +1087,12 @@ impl Authority {
                     invalidity_date: e.revocation.invalidity_date,
                 })
                 .collect();
+            // Never withdraw a published revocation: every unexpired entry of the previous
+            // CRL must be on this one.
+            {
+                let have: HashSet<String> = entries.iter().map(|e| e.serial_hex.clone()).collect();
+                this.crl_guard(&issuer.id, &have, store.as_ref(), promises.as_deref())?;
+            }
             let now = OffsetDateTime::now_utc();
             let this_update = now.replace_nanosecond(0).unwrap_or(now);
             let next_update = this_update + Duration::hours(next_update_hours);
@@ -1027,6 +1116,21 @@ impl Authority {
                 next_update,
                 der,
             };
+            // Kept outside the store before it is saved and served: a CRL that cannot be kept
+            // (disk full) is not published (UNAVAILABLE), so nothing is served that a lost
+            // store could later withdraw.
+            if let Some(p) = &promises {
+                // The entries were read from committed state; make it durable first, so a
+                // crash now never leaves a kept CRL ahead of the store.
+                store.durable_audit_head().map_err(store_err)?;
+                p.keep_crl(&record, entries.iter().map(|e| e.serial_hex.as_str()))
+                    .map_err(|e| match e {
+                        crate::promises::PromiseError::Io { path, source } => {
+                            store_err(StoreError::Io { path, source })
+                        }
+                        e => CaError::internal(e),
+                    })?;
+            }
             store
                 .save_crl(
                     &record,
@@ -1038,6 +1142,12 @@ impl Authority {
                     },
                 )
                 .map_err(store_err)?;
+            if let Some(p) = &promises
+                && let Err(e) = p.checkpoint(store.as_ref(), "crl.published", true)
+            {
+                // The previous checkpoint stays valid (the store is ahead of it).
+                tracing::error!(error = %e, "writing the audit checkpoint failed");
+            }
             Ok(record)
         })
         .await?;
@@ -1055,6 +1165,80 @@ impl Authority {
             newer
         });
         Ok(record)
+    }
+
+    /// The publication guard: `Err` (and an alarm: error log, `ca_crl_guard_refusals_total`,
+    /// revocation health NOT_SERVING) when the store's revocation index lacks an unexpired
+    /// entry of the previous CRL (the kept one, else the store's own), so the CRL built from
+    /// it would withdraw a published revocation. The last good CRL keeps being served.
+    fn crl_guard(
+        &self,
+        issuer_id: &str,
+        have: &HashSet<String>,
+        store: &dyn Store,
+        promises: Option<&Promises>,
+    ) -> Result<(), CaError> {
+        let label = metrics::IssuerLabel {
+            issuer: issuer_id.to_string(),
+        };
+        let m = metrics::metrics();
+        let now = OffsetDateTime::now_utc();
+        // Known to have expired: a CRL may drop it.
+        let expired = |serial: &str| -> Result<bool, CaError> {
+            Ok(store
+                .certificate(serial)
+                .map_err(store_err)?
+                .is_some_and(|c| c.not_after < now))
+        };
+        // The kept CRL's serials are in memory (no parse of a large CRL per publication);
+        // without one, the store's own last CRL is the previous one.
+        let missing = match promises.and_then(|p| p.unlisted_serials(issuer_id, have)) {
+            Some(unlisted) => {
+                let mut out = Vec::new();
+                for serial in unlisted {
+                    if !expired(&serial)? {
+                        out.push(serial);
+                    }
+                }
+                out
+            }
+            None => match store.latest_crl(issuer_id).map_err(store_err)? {
+                None => Vec::new(),
+                Some(previous) => {
+                    let published = crate::promises::parse_crl(&previous.der, issuer_id, None)
+                        .map_err(CaError::internal)?;
+                    let mut out = Vec::new();
+                    for e in published.entries {
+                        if !have.contains(&e.serial) && !expired(&e.serial)? {
+                            out.push(e.serial);
+                        }
+                    }
+                    out
+                }
+            },
+        };
+        let mut blocked = self
+            .crl_blocked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if missing.is_empty() {
+            if blocked.remove(issuer_id) {
+                tracing::info!(issuer = %issuer_id, "CRL guard released: the store holds every published revocation again");
+            }
+            m.crl_guard_blocked.get_or_create(&label).set(0);
+            return Ok(());
+        }
+        blocked.insert(issuer_id.to_string());
+        m.crl_guard_refusals.get_or_create(&label).inc();
+        m.crl_guard_blocked.get_or_create(&label).set(1);
+        let shown: Vec<&str> = missing.iter().take(10).map(String::as_str).collect();
+        tracing::error!(issuer = %issuer_id, missing = missing.len(), serials = %shown.join(","),
+            "CRL publication refused: it would drop unexpired entries of the last published CRL; serving the last good CRL (run `ca-daemon store reconcile`)");
+        Err(CaError::Unavailable(format!(
+            "CRL of {issuer_id} not published: the store lacks {} unexpired revocation(s) of the last published CRL ({}); the last good CRL is still served",
+            missing.len(),
+            shown.join(", ")
+        )))
     }
 
     /// Drains revocation notifications, waits the policy's batch window so revocations that
@@ -1173,6 +1357,7 @@ impl Authority {
     /// renews OCSP responder certificates; forgets idle rate-limit state.
     pub async fn scheduled_maintenance(self: &Arc<Self>) {
         self.limits.retain_recent();
+        self.checkpoint("schedule", false).await;
         self.renew_responders().await;
         // Retiring issuers whose last certificate expired become retired.
         let this = self.clone();
@@ -1205,7 +1390,7 @@ impl Authority {
         }
         let this = self.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let lookup = StoreLookup(this.store.clone());
+            let lookup = StoreLookup(this.store.clone(), this.promises());
             let n = this.ocsp.refresh_due(OffsetDateTime::now_utc(), &lookup);
             if n > 0 {
                 tracing::info!(count = n, "OCSP responses re-signed before nextUpdate");
@@ -1265,7 +1450,7 @@ impl Authority {
         let this = self.clone();
         let request = request_der.to_vec();
         let answered = tokio::task::spawn_blocking(move || {
-            let lookup = StoreLookup(this.store.clone());
+            let lookup = StoreLookup(this.store.clone(), this.promises());
             let a = this
                 .ocsp
                 .answer(&request, OffsetDateTime::now_utc(), &lookup);
@@ -1311,6 +1496,47 @@ impl Authority {
     pub async fn verify_audit(&self) -> Result<crate::audit::AuditVerification, CaError> {
         let store = self.store.clone();
         blocking(move || store.verify_audit().map_err(store_err)).await
+    }
+
+    /// Verifies the audit chain and that it still holds the entry a checkpoint records (the
+    /// checkpoint's signature is checked with the daemon's checkpoint key first): a log
+    /// truncated or rewritten since the checkpoint is reported as broken.
+    pub async fn verify_audit_against_checkpoint(
+        &self,
+        checkpoint: &[u8],
+    ) -> Result<crate::audit::AuditVerification, CaError> {
+        use crate::audit::AuditVerification;
+        let cp = crate::promises::Checkpoint::parse(checkpoint, std::path::Path::new("request"))
+            .map_err(|e| CaError::invalid("checkpoint", e.to_string()))?;
+        let promises = self
+            .promises()
+            .ok_or_else(|| CaError::Unavailable("no checkpoint key loaded".into()))?;
+        if let Err(problem) = cp.verify(&promises.public_key_hex()) {
+            return Ok(AuditVerification::bad(
+                0,
+                cp.seq,
+                format!("the checkpoint is not one of this daemon's: {problem}"),
+            ));
+        }
+        let store = self.store.clone();
+        blocking(move || {
+            let v = store.verify_audit().map_err(store_err)?;
+            if !v.ok {
+                return Ok(v);
+            }
+            let head = store.durable_audit_head().map_err(store_err)?;
+            Ok(
+                match crate::promises::audit_problem(store.as_ref(), &cp, head) {
+                    None => v,
+                    Some(problem) => AuditVerification::bad(
+                        v.entries.min(cp.seq.saturating_sub(1)),
+                        cp.seq.min(head.seq + 1),
+                        format!("since the checkpoint: {problem}"),
+                    ),
+                },
+            )
+        })
+        .await
     }
 
     /// Ticket counts by state.

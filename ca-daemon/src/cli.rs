@@ -65,6 +65,78 @@ pub enum Command {
         after_help = "Example:\n  ca-daemon restore --from /backup/ca-2026-11-24.snapshot --data-dir /var/lib/ca-daemon"
     )]
     Restore(RestoreArgs),
+    /// Store maintenance on a stopped daemon: create an empty store, reconcile a restored one.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  ca-daemon store reconcile --data-dir /var/lib/ca-daemon --passphrase-file /etc/ca-daemon/passphrase"
+    )]
+    Store(StoreCommand),
+}
+
+/// `store` subcommands (offline: the daemon must not be running on the data directory).
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Create an empty store where none exists (after a total loss with no backup; follow it
+    /// with `store reconcile`). The daemon never creates one silently.
+    #[command(after_help = "Example:\n  ca-daemon store create --data-dir /var/lib/ca-daemon")]
+    Create(StoreCreateArgs),
+    /// Re-apply the revocations the CA has published (its last CRLs, kept in
+    /// DATA_DIR/checkpoint/crls, plus any --crl given) that the store lacks, audit it, report
+    /// serials unknown to the store, and sign a new checkpoint so the daemon starts again.
+    #[command(
+        after_help = "Example:\n  ca-daemon store reconcile --data-dir /var/lib/ca-daemon --passphrase-file /etc/ca-daemon/passphrase\n  ca-daemon store reconcile --data-dir ./var --crl iss-0a1b2c3d4e5f6a7b=gateway-copy.crl"
+    )]
+    Reconcile(StoreReconcileArgs),
+}
+
+/// `store create`.
+#[derive(Debug, Args)]
+pub struct StoreCreateArgs {
+    /// Data directory (its keys/ must exist).
+    #[arg(long, default_value = "./var")]
+    pub data_dir: PathBuf,
+}
+
+/// `store reconcile`.
+#[derive(Debug, Args)]
+pub struct StoreReconcileArgs {
+    /// Data directory.
+    #[arg(long, default_value = "./var")]
+    pub data_dir: PathBuf,
+    /// File with the keys' passphrase [default: $CREDENTIALS_DIRECTORY/passphrase, else DATA_DIR/dev/passphrase].
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
+    /// A published CRL to re-apply as well, as ISSUER_ID=FILE (DER or PEM), e.g. a copy from a
+    /// gateway or web cache when DATA_DIR/checkpoint was lost with the disk; repeatable.
+    /// Its signature is checked against the issuer certificate.
+    #[arg(long = "crl")]
+    pub crls: Vec<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `audit checkpoint`.
+#[derive(Debug, Args)]
+pub struct AuditCheckpointArgs {
+    /// Data directory whose checkpoint/latest.json to export.
+    #[arg(long, default_value = "./var")]
+    pub data_dir: PathBuf,
+    /// Write it to this file instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `audit verify`.
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    #[command(flatten)]
+    /// Connection.
+    pub client: ClientArgs,
+    /// Also check that the log still holds what this checkpoint (from `audit checkpoint`)
+    /// records: reports a log truncated or rewritten since then.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// `serve` flags (each overrides the config file).
@@ -372,8 +444,16 @@ pub struct RotateArgs {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Verify the hash chain; exits non-zero and names the first bad entry on a broken chain.
-    #[command(after_help = "Example:\n  ca-daemon audit verify")]
-    Verify(ClientArgs),
+    #[command(
+        after_help = "Example:\n  ca-daemon audit verify\n  ca-daemon audit verify --checkpoint /backup/checkpoint-2026-11-24.json"
+    )]
+    Verify(AuditVerifyArgs),
+    /// Export the latest signed checkpoint of the audit log (sequence number, head hash, last
+    /// CRL numbers), after checking its signature; keep copies off-host.
+    #[command(
+        after_help = "Example:\n  ca-daemon audit checkpoint --data-dir /var/lib/ca-daemon --out /backup/checkpoint-$(date +%F).json"
+    )]
+    Checkpoint(AuditCheckpointArgs),
 }
 
 /// `backup`.
@@ -571,10 +651,38 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Issuer(IssuerCommand::Rotate(a)) => rotate(a).await,
-        Command::Audit(AuditCommand::Verify(a)) => {
-            let mut c = v1::admin_client::AdminClient::new(connect(&a).await?);
+        Command::Audit(AuditCommand::Checkpoint(a)) => audit_checkpoint(&a),
+        Command::Store(StoreCommand::Create(a)) => {
+            let layout = crate::pki::Layout::new(&a.data_dir);
+            if !layout.is_initialized() {
+                return Err(CliError::new(format!(
+                    "no PKI in {} (run `ca-daemon init` first)",
+                    a.data_dir.display()
+                )));
+            }
+            crate::promises::create_empty_store(&layout.store_dir())
+                .map_err(|e| CliError::new(e.to_string()))?;
+            println!(
+                "created an empty store in {}; run `ca-daemon store reconcile --data-dir {}` before starting the daemon",
+                layout.store_dir().display(),
+                a.data_dir.display()
+            );
+            Ok(())
+        }
+        Command::Store(StoreCommand::Reconcile(a)) => {
+            tokio::task::spawn_blocking(move || store_reconcile(&a))
+                .await
+                .map_err(|e| CliError::new(e.to_string()))?
+        }
+        Command::Audit(AuditCommand::Verify(args)) => {
+            let a = &args.client;
+            let checkpoint = match &args.checkpoint {
+                Some(p) => read(p)?,
+                None => Vec::new(),
+            };
+            let mut c = v1::admin_client::AdminClient::new(connect(a).await?);
             let v = c
-                .verify_audit(v1::VerifyAuditRequest {})
+                .verify_audit(v1::VerifyAuditRequest { checkpoint })
                 .await?
                 .into_inner();
             if a.json {
@@ -634,6 +742,160 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+/// `audit checkpoint`: prints (or writes) the latest checkpoint after checking its signature
+/// against the pinned public key in DATA_DIR/checkpoint/checkpoint.pub.
+fn audit_checkpoint(a: &AuditCheckpointArgs) -> Result<(), CliError> {
+    let layout = crate::promises::PromiseLayout::new(&a.data_dir);
+    let cp = layout
+        .read_checkpoint()
+        .map_err(|e| CliError::new(e.to_string()))?
+        .ok_or_else(|| {
+            CliError::new(format!(
+                "no checkpoint in {} (the daemon writes one on every CRL publication, every 30 s and at shutdown)",
+                layout.dir().display()
+            ))
+        })?;
+    let pk = std::fs::read_to_string(layout.public_key()).map_err(|e| {
+        CliError::new(format!(
+            "cannot read {}: {e}",
+            layout.public_key().display()
+        ))
+    })?;
+    cp.verify(pk.trim())
+        .map_err(|p| CliError::new(format!("{}: {p}", layout.checkpoint().display())))?;
+    match &a.out {
+        Some(out) => {
+            let dir = out
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            let name = out
+                .file_name()
+                .ok_or_else(|| CliError::new("--out must name a file"))?
+                .to_string_lossy()
+                .to_string();
+            write_file(&dir, &name, cp.to_json().as_bytes(), false)?;
+            eprintln!(
+                "checkpoint of {} (entry {}) written to {}",
+                cp.time,
+                cp.seq,
+                out.display()
+            );
+        }
+        None => print!("{}", cp.to_json()),
+    }
+    Ok(())
+}
+
+/// `store reconcile`, offline.
+fn store_reconcile(a: &StoreReconcileArgs) -> Result<(), CliError> {
+    let layout = crate::pki::Layout::new(&a.data_dir);
+    let store_dir = layout.store_dir();
+    if !crate::promises::store_present(&store_dir) {
+        return Err(CliError::new(format!(
+            "no store in {}: restore a backup (`ca-daemon restore`) or create an empty one (`ca-daemon store create`) first",
+            store_dir.display()
+        )));
+    }
+    let pass = crate::server::resolve_passphrase(&a.data_dir, a.passphrase_file.as_deref(), true)
+        .map_err(|e| CliError::new(e.to_string()))?;
+    let pki = crate::pki::load(&a.data_dir, &pass).map_err(|e| CliError::new(e.to_string()))?;
+    let key = crate::promises::CheckpointKey::from_pepper(&pki.pepper)
+        .map_err(|e| CliError::new(e.to_string()))?;
+    let issuers = pki
+        .issuers
+        .iter()
+        .map(|i| (i.id.clone(), (i.cert_der.clone(), i.not_after)))
+        .collect();
+    let mut extra = Vec::new();
+    for spec in &a.crls {
+        let (id, file) = spec
+            .split_once('=')
+            .ok_or_else(|| CliError::new(format!("--crl {spec}: expected ISSUER_ID=FILE")))?;
+        let bytes = read(Path::new(file))?;
+        let der = match x509_parser::pem::parse_x509_pem(&bytes) {
+            Ok((_, pem)) if pem.label == "X509 CRL" => pem.contents,
+            _ => bytes,
+        };
+        extra.push((id.to_owned(), der));
+    }
+    let store = crate::store::SledStore::open(&store_dir).map_err(|e| {
+        CliError::new(format!(
+            "cannot open {} (is the daemon still running on it?): {e}",
+            store_dir.display()
+        ))
+    })?;
+    let actor = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "operator".into())
+    );
+    let report = crate::promises::reconcile(&a.data_dir, &store, &key, &issuers, &extra, &actor)
+        .map_err(|e| CliError::new(format!("reconcile failed: {e}")))?;
+    let unknown = report.unknown_serials();
+    let applied: Vec<serde_json::Value> = report
+        .reinstated
+        .iter()
+        .flat_map(|(issuer, r)| {
+            r.iter().map(move |x| {
+                let (what, serial) = match x {
+                    crate::store::Reinstated::Revoked(s) => ("revoked", s),
+                    crate::store::Reinstated::Indexed(s) => ("index_restored", s),
+                    crate::store::Reinstated::Unknown(s) => ("unknown_to_store", s),
+                    crate::store::Reinstated::Present(s) => ("present", s),
+                };
+                serde_json::json!({"issuer_id": issuer, "serial": serial, "action": what})
+            })
+        })
+        .collect();
+    let lost_entries = match (&report.before.checkpoint, report.before.head) {
+        (Some(cp), Some(h)) if cp.seq > h.seq => cp.seq - h.seq,
+        _ => 0,
+    };
+    if a.json {
+        print_json(serde_json::json!({
+            "was_behind": !report.before.is_ok(),
+            "problem": report.before.describe(),
+            "lost_audit_entries": lost_entries,
+            "reinstated": applied,
+            "unknown_serials": unknown.iter().map(|(i, s)| serde_json::json!({"issuer_id": i, "serial": s})).collect::<Vec<_>>(),
+            "checkpoint": report.checkpoint.as_ref().map(|c| serde_json::json!({"seq": c.seq, "head_hash": c.head_hash})),
+        }));
+    } else {
+        if report.before.is_ok() {
+            println!("the store already held every published revocation");
+        } else {
+            println!("the store was behind: {}", report.before.describe());
+        }
+        println!("re-applied {} revocation(s):", applied.len());
+        for v in &applied {
+            println!(
+                "  {} {} ({})",
+                v["issuer_id"].as_str().unwrap_or(""),
+                v["serial"].as_str().unwrap_or(""),
+                v["action"].as_str().unwrap_or("")
+            );
+        }
+        if !unknown.is_empty() {
+            println!(
+                "{} revoked serial(s) are unknown to the store (issued after the backup); they stay on the CRL:",
+                unknown.len()
+            );
+            for (i, s) in &unknown {
+                println!("  {i} {s}");
+            }
+        }
+        if lost_entries > 0 {
+            println!(
+                "{lost_entries} audit entries recorded after the backup are lost: certificates issued then and never revoked are unknown to the store; find them in the audit lines your log shipper kept (target audit, action certificate.issued) and revoke or re-enroll those devices"
+            );
+        }
+        if let Some(c) = &report.checkpoint {
+            println!("new checkpoint at entry {}; the daemon can start", c.seq);
+        }
+    }
+    Ok(())
 }
 
 /// Unpacks a `backup` archive next to the store and restores it (verifying its audit chain).
@@ -723,9 +985,15 @@ async fn serve(a: ServeArgs) -> Result<(), CliError> {
         dev: a.dev,
         url_base: file.url_base,
     };
-    crate::server::serve(opts).await.map_err(|e| {
-        tracing::error!(error = %e, "ca-daemon failed to start");
-        CliError::new(e.to_string())
+    crate::server::serve(opts).await.map_err(|e| match e {
+        crate::server::ServeError::RestartRequested => CliError {
+            message: e.to_string(),
+            code: crate::storage::RESTART_EXIT_CODE,
+        },
+        e => {
+            tracing::error!(error = %e, "ca-daemon failed to start");
+            CliError::new(e.to_string())
+        }
     })
 }
 
@@ -761,6 +1029,9 @@ async fn init(a: InitArgs) -> Result<(), CliError> {
         opts.ocsp_validity_days = policy.ca.ocsp_responder_validity_days;
         opts.service_validity_days = policy.ca.service_cert_validity_days;
         let report = crate::pki::init(&opts).map_err(|e| CliError::new(e.to_string()))?;
+        // The store belongs to the PKI from the start: `serve` never creates one silently.
+        crate::promises::create_empty_store(&crate::pki::Layout::new(&a.data_dir).store_dir())
+            .map_err(|e| CliError::new(e.to_string()))?;
         Ok((report, a.json))
     })
     .await

@@ -73,12 +73,37 @@ fn error_response(e: CaError) -> Response {
     (code, e.to_string()).into_response()
 }
 
-/// `ok`, plus a `warning:` line while the root CRL needs re-signing (it still answers 200:
-/// the daemon serves, an operator must act; see crate::root_crl).
+/// 200 `ok` when healthy (plus a `warning:` line while the root CRL needs re-signing: the
+/// daemon serves, an operator must act; see crate::root_crl); 503 with the reason after a failed
+/// storage write or while the CRL guard holds a CRL back (CRLs and OCSP are still served from
+/// memory meanwhile).
 async fn healthz(State(a): State<Arc<Authority>>) -> Response {
+    if crate::storage::is_failed() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage write failed: enrollment is not serving
+",
+        )
+            .into_response();
+    }
+    if a.crl_guard_blocked() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "CRL publication held back: the store lacks a published revocation
+",
+        )
+            .into_response();
+    }
     match tokio::task::spawn_blocking(move || crate::root_crl::current_warning(&a)).await {
-        Ok(Some(w)) => format!("ok\nwarning: {w}\n").into_response(),
-        _ => "ok\n".into_response(),
+        Ok(Some(w)) => format!(
+            "ok
+warning: {w}
+"
+        )
+        .into_response(),
+        _ => "ok
+"
+        .into_response(),
     }
 }
 

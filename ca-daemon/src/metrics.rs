@@ -68,6 +68,16 @@ pub struct Metrics {
     pub root_crl_next_update: Gauge,
     /// 1 from 30 days before the root's CRL runs out (and after), else 0.
     pub root_crl_expiring: Gauge,
+    /// Free bytes on the store's file system.
+    pub storage_free_bytes: Gauge,
+    /// Size of the store's files, bytes.
+    pub store_size_bytes: Gauge,
+    /// Store writes that failed in the engine or file system (disk full, I/O error).
+    pub storage_write_failures: Counter,
+    /// CRL publications refused because they would drop an unexpired entry, per issuer.
+    pub crl_guard_refusals: Family<IssuerLabel, Counter>,
+    /// 1 while the CRL guard holds an issuer's CRL back (the last good one is served).
+    pub crl_guard_blocked: Family<IssuerLabel, Gauge>,
 }
 
 fn build() -> Metrics {
@@ -144,6 +154,36 @@ fn build() -> Metrics {
         "1 from 30 days before the root CRL runs out (re-sign it: ca-daemon crl root), else 0",
         root_crl_expiring.clone(),
     );
+    let storage_free_bytes = Gauge::default();
+    registry.register(
+        "storage_free_bytes",
+        "Free bytes on the store's file system",
+        storage_free_bytes.clone(),
+    );
+    let store_size_bytes = Gauge::default();
+    registry.register(
+        "store_size_bytes",
+        "Size of the store's files in bytes",
+        store_size_bytes.clone(),
+    );
+    let storage_write_failures = Counter::default();
+    registry.register(
+        "storage_write_failures",
+        "Store writes that failed in the engine or file system",
+        storage_write_failures.clone(),
+    );
+    let crl_guard_refusals = Family::<IssuerLabel, Counter>::default();
+    registry.register(
+        "crl_guard_refusals",
+        "CRL publications refused because they would drop an unexpired entry of the previous CRL",
+        crl_guard_refusals.clone(),
+    );
+    let crl_guard_blocked = Family::<IssuerLabel, Gauge>::default();
+    registry.register(
+        "crl_guard_blocked",
+        "1 while the CRL guard holds an issuer's CRL back",
+        crl_guard_blocked.clone(),
+    );
     Metrics {
         registry,
         http_connections,
@@ -151,6 +191,11 @@ fn build() -> Metrics {
         grpc_refused,
         root_crl_next_update,
         root_crl_expiring,
+        storage_free_bytes,
+        store_size_bytes,
+        storage_write_failures,
+        crl_guard_refusals,
+        crl_guard_blocked,
         issuances,
         redemptions,
         tickets_created,

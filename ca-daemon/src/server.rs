@@ -65,6 +65,15 @@ pub enum ServeError {
     /// Startup of a component failed.
     #[error("{0}")]
     Startup(String),
+    /// The store is missing or behind what the CA has promised (see [`crate::promises`]).
+    #[error("{0}")]
+    Refused(String),
+    /// A store write failed and space is back: the daemon stopped to be restarted on a fresh
+    /// store handle (exit code [`crate::storage::RESTART_EXIT_CODE`]).
+    #[error(
+        "stopped after a failed storage write to get a fresh store handle; start again (systemd does)"
+    )]
+    RestartRequested,
 }
 
 /// Loads the policy file or the built-in default.
@@ -108,6 +117,8 @@ pub fn ensure_dev_pki(data_dir: &std::path::Path, url_base: &str) -> Result<(), 
     let opts = crate::pki::InitOptions::dev(data_dir, url_base)
         .map_err(|e| ServeError::Keys(e.to_string()))?;
     let report = crate::pki::init(&opts).map_err(|e| ServeError::Keys(e.to_string()))?;
+    crate::promises::create_empty_store(&crate::pki::Layout::new(data_dir).store_dir())
+        .map_err(|e| ServeError::Store(e.to_string()))?;
     tracing::warn!(data_dir = %data_dir.display(), issuer = %report.issuer_id,
         "created a DEV PKI (generated passphrase in dev/passphrase, plaintext client keys in dev/): not for production");
     Ok(())
@@ -166,12 +177,18 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     .map_err(|e| ServeError::Keys(e.to_string()))?;
 
     let store_dir = crate::pki::Layout::new(&opts.data_dir).store_dir();
-    let store: Arc<dyn Store> = Arc::new(
-        tokio::task::spawn_blocking(move || crate::store::SledStore::open(&store_dir))
-            .await
-            .map_err(|e| ServeError::Startup(e.to_string()))?
-            .map_err(|e| ServeError::Store(e.to_string()))?,
-    );
+    crate::storage::configure(&store_dir, policy.storage.low_water_bytes());
+    let dir = opts.data_dir.clone();
+    let (pki, store, promises) = tokio::task::spawn_blocking(move || {
+        crate::promises::open_checked_store(&dir, &pki).map(|(s, p)| (pki, s, p))
+    })
+    .await
+    .map_err(|e| ServeError::Startup(e.to_string()))?
+    .map_err(|e| match e {
+        crate::promises::PromiseError::Refused(m) => ServeError::Refused(m),
+        e => ServeError::Store(e.to_string()),
+    })?;
+    let store: Arc<dyn Store> = Arc::new(store);
     let (authority, crl_rx) = Authority::new(
         pki,
         store,
@@ -180,6 +197,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         passphrase.clone(),
     )
     .map_err(|e| ServeError::Startup(e.to_string()))?;
+    authority.set_promises(Arc::new(promises));
     authority.scheduled_maintenance().await;
     tokio::spawn(authority.clone().run_crl_publisher(crl_rx));
 
@@ -219,6 +237,16 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         authority.clone(),
         health_reporter.clone(),
     ));
+    // Storage room and the CRL guard move these two to NOT_SERVING and back.
+    let (restart_tx, mut restart_rx) = watch::channel(false);
+    {
+        let a = authority.clone();
+        tokio::spawn(crate::storage::health_monitor(
+            health_reporter.clone(),
+            move || a.crl_guard_blocked(),
+            restart_tx,
+        ));
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pki_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -315,16 +343,30 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             }
         });
     }
-    shutdown_signal().await;
+    let restart = tokio::select! {
+        () = shutdown_signal() => false,
+        () = async {
+            // A monitor that ended without asking for a restart never stops the daemon.
+            if restart_rx.wait_for(|r| *r).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        } => true,
+    };
     let _ = stop_tx.send(true);
     // In-flight calls finish; a peer that never lets go does not keep us alive forever.
     let drained = tokio::time::timeout(Duration::from_secs(25), async {
         tokio::join!(grpc_task, http_task)
     })
     .await;
+    // What was acknowledged is promised: a last checkpoint on the way out.
+    authority.checkpoint("shutdown", true).await;
     let Ok((g, h)) = drained else {
         tracing::warn!("connections did not drain within 25 s; exiting anyway");
-        return Ok(());
+        return if restart {
+            Err(ServeError::RestartRequested)
+        } else {
+            Ok(())
+        };
     };
     if let Some(m) = metrics {
         let _ = m.await;
@@ -334,6 +376,10 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     }
     if let Ok(Err(e)) = h {
         tracing::error!(error = %e, "HTTP server ended with an error");
+    }
+    if restart {
+        tracing::warn!("ca-daemon stopped for a restart on a fresh store handle");
+        return Err(ServeError::RestartRequested);
     }
     tracing::info!("ca-daemon stopped");
     Ok(())

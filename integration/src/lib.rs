@@ -219,7 +219,9 @@ impl Daemon {
                     self.log()
                 )));
             }
-            let http_ok = http_get(self.http, "/healthz").is_ok_and(|(code, _)| code == 200);
+            // 503 is a daemon that is up but degraded (failed storage write, CRL guard).
+            let http_ok =
+                http_get(self.http, "/healthz").is_ok_and(|(code, _)| code == 200 || code == 503);
             let grpc_ok =
                 std::net::TcpStream::connect_timeout(&self.grpc, Duration::from_millis(200))
                     .is_ok();
@@ -257,6 +259,19 @@ impl Daemon {
         let _ = child.kill();
         let _ = child.wait();
         false
+    }
+
+    /// Waits up to `timeout` for the daemon to exit by itself; its exit code, if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
     }
 
     /// SIGKILL, no goodbye.

@@ -40,7 +40,9 @@ pub use keystore::{BagEncryption, KeystoreProfile, MacAlgorithm};
 pub use limits::{FieldError, FieldProblem, Limits};
 pub use profile::{CertProfile, CertificatePolicy, ExtKeyUsage, KeyType, KeyUsage};
 pub use roles::{MethodGrant, Role, Roles};
-pub use sections::{CaPolicy, CrlPolicy, MAX_VALIDITY_DAYS, OcspPolicy, TicketPolicy};
+pub use sections::{
+    CaPolicy, CrlPolicy, MAX_VALIDITY_DAYS, OcspPolicy, StoragePolicy, TicketPolicy,
+};
 pub use subject::{Placeholder, Subject, SubjectTemplate, Template, X520_UB_NAME};
 pub use urls::{Urls, check_base_url};
 
@@ -87,6 +89,8 @@ pub struct Policy {
     pub ocsp: OcspPolicy,
     /// `[urls]`
     pub urls: Urls,
+    /// `[storage]`
+    pub storage: StoragePolicy,
 }
 
 impl Default for Policy {
@@ -147,6 +151,7 @@ impl Policy {
         let crl = CrlPolicy::from_raw(require(raw.crl, "crl")?)?;
         let ocsp = OcspPolicy::from_raw(require(raw.ocsp, "ocsp")?, &ca)?;
         let urls = Urls::from_raw(require(raw.urls, "urls")?)?;
+        let storage = StoragePolicy::from_raw(require(raw.storage, "storage")?)?;
         Ok(Policy {
             ca,
             certificate,
@@ -158,6 +163,7 @@ impl Policy {
             crl,
             ocsp,
             urls,
+            storage,
         })
     }
 

@@ -74,6 +74,7 @@ pub(crate) struct RawPolicy {
     pub crl: Option<RawCrl>,
     pub ocsp: Option<RawOcsp>,
     pub urls: Option<RawUrls>,
+    pub storage: Option<RawStorage>,
 }
 
 impl Merge for RawPolicy {
@@ -89,6 +90,7 @@ impl Merge for RawPolicy {
             crl: self.crl.merge(base.crl),
             ocsp: self.ocsp.merge(base.ocsp),
             urls: self.urls.merge(base.urls),
+            storage: self.storage.merge(base.storage),
         }
     }
 }
@@ -260,6 +262,14 @@ merge_plain!(RawOcsp {
     validity_hours,
     resign_before_hours,
 });
+
+/// `[storage]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStorage {
+    pub low_water_mib: Option<i64>,
+}
+merge_plain!(RawStorage { low_water_mib });
 
 /// `[urls]`
 #[derive(Debug, Clone, Default, Deserialize)]

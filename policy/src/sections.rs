@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::error::PolicyError;
-use crate::raw::{RawCa, RawCrl, RawOcsp, RawTickets, ranged};
+use crate::raw::{RawCa, RawCrl, RawOcsp, RawStorage, RawTickets, ranged};
 
 const DAY: u64 = 24 * 60 * 60;
 const HOUR: u64 = 60 * 60;
@@ -271,4 +271,26 @@ fn days(n: u32) -> Duration {
 
 fn hours(n: u32) -> Duration {
     Duration::from_secs(u64::from(n) * HOUR)
+}
+
+/// `[storage]`: room the store keeps on its file system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoragePolicy {
+    /// Below this many free MiB on the store's file system, new tickets and redemptions are
+    /// refused (RESOURCE_EXHAUSTED, "storage nearly full") so that revocations and CRL
+    /// publication keep the room they need.
+    pub low_water_mib: u32,
+}
+
+impl StoragePolicy {
+    pub(crate) fn from_raw(raw: RawStorage) -> Result<Self, PolicyError> {
+        Ok(Self {
+            low_water_mib: ranged(raw.low_water_mib, "storage.low_water_mib", 1, 1 << 20)?,
+        })
+    }
+
+    /// The low-water mark in bytes.
+    pub fn low_water_bytes(&self) -> u64 {
+        u64::from(self.low_water_mib) << 20
+    }
 }

@@ -938,3 +938,25 @@ proptest! {
         let _ = Policy::from_toml_str(&lines.join("\n"));
     }
 }
+
+#[test]
+fn storage_low_water_mark() {
+    let p = Policy::default_policy();
+    assert_eq!(p.storage.low_water_mib, 256);
+    assert_eq!(p.storage.low_water_bytes(), 256 << 20);
+    assert_eq!(
+        load("[storage]\nlow_water_mib = 16\n")
+            .storage
+            .low_water_mib,
+        16
+    );
+    assert_field(
+        &refuse("[storage]\nlow_water_mib = 0\n"),
+        "storage.low_water_mib",
+    );
+    assert_field(
+        &refuse("[storage]\nlow_water_mib = 2000000\n"),
+        "storage.low_water_mib",
+    );
+    assert_field(&refuse("[storage]\nlow_water = 1\n"), "storage.low_water");
+}

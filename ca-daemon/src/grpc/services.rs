@@ -478,9 +478,16 @@ impl v1::admin_server::Admin for AdminService {
 
     async fn verify_audit(
         &self,
-        _request: Request<v1::VerifyAuditRequest>,
+        request: Request<v1::VerifyAuditRequest>,
     ) -> Result<Response<v1::VerifyAuditResponse>, Status> {
-        let v = self.authority.verify_audit().await?;
+        let checkpoint = request.into_inner().checkpoint;
+        let v = if checkpoint.is_empty() {
+            self.authority.verify_audit().await?
+        } else {
+            self.authority
+                .verify_audit_against_checkpoint(&checkpoint)
+                .await?
+        };
         Ok(Response::new(v1::VerifyAuditResponse {
             ok: v.ok,
             entries: v.entries,

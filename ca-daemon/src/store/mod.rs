@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 pub use self::sled::SledStore;
-pub use crate::audit::{AuditEntry, AuditEvent, AuditVerification};
+pub use crate::audit::{AuditEntry, AuditEvent, AuditVerification, ChainHead};
 
 /// The format version this code writes (and the only one it reads) in every record.
 pub const RECORD_VERSION: u16 = 1;
@@ -210,6 +210,19 @@ pub struct RevokedEntry {
     pub not_after: OffsetDateTime,
     /// The revocation.
     pub revocation: Revocation,
+}
+
+/// What [`Store::reinstate_revocations`] did with one serial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reinstated {
+    /// A known certificate that the store had as unrevoked is revoked again.
+    Revoked(String),
+    /// A known, revoked certificate whose revocation-index entry was missing.
+    Indexed(String),
+    /// A serial the store does not know: only its revocation is recorded.
+    Unknown(String),
+    /// Nothing was missing.
+    Present(String),
 }
 
 /// Life cycle of an issuing CA (DESIGN §3).
@@ -533,6 +546,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks the whole chain and that it ends at the recorded head.
     fn verify_audit(&self) -> Result<AuditVerification, StoreError>;
+
+    /// The head of the audit log (last sequence number and hash), after making every
+    /// committed change durable: a signed checkpoint taken from it never lies ahead of what
+    /// the store still holds after a crash (see [`crate::promises`]).
+    fn durable_audit_head(&self) -> Result<ChainHead, StoreError>;
+
+    // ---- recovery
+    /// Re-applies revocations the CA has published (found on its last CRLs, kept outside the
+    /// store) that the store lacks, atomically and audited, one entry per change with
+    /// `actor`. A known, unrevoked certificate is revoked with the published time and reason;
+    /// a known, revoked one gets its revocation-index entry back if that was lost; a serial
+    /// the store does not know (issued after the backup) is recorded in the revocation index
+    /// alone, so it stays on every CRL until `not_after`. Returns what happened per serial.
+    fn reinstate_revocations(
+        &self,
+        issuer_id: &str,
+        entries: &[RevokedEntry],
+        actor: &str,
+    ) -> Result<Vec<Reinstated>, StoreError>;
 
     // ---- maintenance
     /// Writes a consistent snapshot of everything into `path` (a new store there) while the

@@ -45,8 +45,8 @@ use time::OffsetDateTime;
 
 use super::{
     AuditEntry, AuditEvent, AuditVerification, CertFilter, CertRecord, CrlRecord, IssuerRecord,
-    Record, Revocation, RevokeTarget, RevokedEntry, Store, StoreError, TicketRecord, TicketState,
-    decode, decode_versioned, encode, encode_versioned,
+    Record, Reinstated, Revocation, RevokeTarget, RevokedEntry, Store, StoreError, TicketRecord,
+    TicketState, decode, decode_versioned, encode, encode_versioned,
 };
 use crate::audit::{self, ChainHead};
 
@@ -239,6 +239,23 @@ impl SledStore {
         }
         tree.insert(key, value)?;
         Ok(len)
+    }
+
+    /// Test hook for the CRL-guard tests: removes the revocation-index entry of `serial`
+    /// (what a damaged index looks like: the certificate still says revoked, the next CRL
+    /// would not list it). Not audited; flushed.
+    #[doc(hidden)]
+    pub fn tamper_remove_revoked_index(
+        &self,
+        issuer_id: &str,
+        serial: &str,
+    ) -> Result<bool, StoreError> {
+        let removed = self
+            .tree(IDX_REVOKED)
+            .remove(idx_key(issuer_id, serial))?
+            .is_some();
+        self.inner.db.flush()?;
+        Ok(removed)
     }
 
     fn tree(&self, i: usize) -> &Tree {
@@ -627,11 +644,12 @@ impl Store for SledStore {
     }
 
     fn revoked_certificates(&self, issuer_id: &str) -> Result<Vec<CertRecord>, StoreError> {
+        // Serials known only by their revocation (reinstated after a restore) have no
+        // certificate to return.
         self.index_serials(IDX_REVOKED, issuer_id, None)
-            .map(|serial| {
-                let serial = serial?;
-                self.get(CERTS, &serial)?
-                    .ok_or_else(|| not_found("certificate", &serial))
+            .filter_map(|serial| match serial {
+                Ok(serial) => self.get(CERTS, &serial).transpose(),
+                Err(e) => Some(Err(e)),
             })
             .collect()
     }
@@ -781,6 +799,89 @@ impl Store for SledStore {
             ));
         }
         Ok(verification)
+    }
+
+    fn durable_audit_head(&self) -> Result<ChainHead, StoreError> {
+        // Read first, then flush: the flush covers every commit made before it started,
+        // including the one that wrote this head.
+        let head = self.audit_head()?;
+        self.inner.db.flush()?;
+        Ok(head)
+    }
+
+    fn reinstate_revocations(
+        &self,
+        issuer_id: &str,
+        entries: &[RevokedEntry],
+        actor: &str,
+    ) -> Result<Vec<Reinstated>, StoreError> {
+        self.mutate(|| {
+            self.transact(|tx| {
+                let certs = tx.tree(CERTS);
+                let index = tx.tree(IDX_REVOKED);
+                let mut out = Vec::with_capacity(entries.len());
+                let mut audited = Vec::new();
+                for e in entries {
+                    let key = idx_key(issuer_id, &e.serial);
+                    let indexed = index.get(key.as_slice())?.is_some();
+                    let cert = tx_get::<CertRecord>(certs, &e.serial)?;
+                    let (outcome, not_after, revocation) = match cert {
+                        Some(mut c) if c.revocation.is_none() => {
+                            c.revocation = Some(e.revocation.clone());
+                            certs.insert(e.serial.as_bytes(), encode(&c).or_else(abort)?)?;
+                            bump_tx(tx, &meta_key(META_REVOKED, issuer_id))?;
+                            (
+                                Reinstated::Revoked(e.serial.clone()),
+                                c.not_after,
+                                e.revocation.clone(),
+                            )
+                        }
+                        Some(c) if !indexed => {
+                            let r = c.revocation.clone().unwrap_or_else(|| e.revocation.clone());
+                            (Reinstated::Indexed(e.serial.clone()), c.not_after, r)
+                        }
+                        None if !indexed => (
+                            Reinstated::Unknown(e.serial.clone()),
+                            e.not_after,
+                            e.revocation.clone(),
+                        ),
+                        _ => {
+                            out.push(Reinstated::Present(e.serial.clone()));
+                            continue;
+                        }
+                    };
+                    let entry = RevokedEntry {
+                        serial: e.serial.clone(),
+                        not_after,
+                        revocation,
+                    };
+                    index.insert(
+                        key.as_slice(),
+                        encode_versioned(REVOKED_KIND, &entry).or_else(abort)?,
+                    )?;
+                    let what = match &outcome {
+                        Reinstated::Revoked(_) => "certificate revoked again",
+                        Reinstated::Indexed(_) => "revocation index entry restored",
+                        _ => "serial unknown to the store (issued after the backup?)",
+                    };
+                    audited.push(append_audit_tx(
+                        tx,
+                        &AuditEvent::new(
+                            actor,
+                            "revocation.reinstated",
+                            format!("serial:{}", e.serial),
+                            format!(
+                                "issuer={issuer_id} reason={} revoked_at={} from the last published CRL: {what}",
+                                e.revocation.reason,
+                                e.revocation.revoked_at.unix_timestamp()
+                            ),
+                        ),
+                    )?);
+                    out.push(outcome);
+                }
+                Ok((out, audited))
+            })
+        })
     }
 
     fn backup_to(&self, path: &Path) -> Result<(), StoreError> {
@@ -1059,7 +1160,7 @@ impl Drop for RunningFlush<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::Barrier;
     use std::time::Duration;
@@ -1130,13 +1231,13 @@ mod tests {
     const T0: OffsetDateTime = datetime!(2026-04-01 09:00 UTC);
     const MAC: [u8; 32] = [7; 32];
 
-    fn store() -> (tempfile::TempDir, SledStore) {
+    pub(crate) fn store() -> (tempfile::TempDir, SledStore) {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SledStore::open(&dir.path().join("db")).expect("open store");
         (dir, store)
     }
 
-    fn ev(action: &str, target: &str) -> AuditEvent {
+    pub(crate) fn ev(action: &str, target: &str) -> AuditEvent {
         AuditEvent::new("ops:test", action, target, "テスト")
     }
 
@@ -1199,7 +1300,7 @@ mod tests {
     }
 
     /// Creates ticket `number` and redeems it for a certificate `serial` of `facility`.
-    fn issue(s: &SledStore, number: &str, serial: &str, facility: &str) -> CertRecord {
+    pub(crate) fn issue(s: &SledStore, number: &str, serial: &str, facility: &str) -> CertRecord {
         s.create_ticket(&ticket(number), ev("ticket.create", number))
             .expect("create ticket");
         let c = cert(serial, number, facility, T0 + time::Duration::days(365));
@@ -1648,5 +1749,88 @@ mod tests {
             })
             .expect("append");
         assert_eq!(store.flush_count(), 1, "a normal store flushes each write");
+    }
+
+    #[test]
+    fn reinstate_revocations_revokes_reindexes_and_records_unknown_serials() {
+        let (_d, s) = store();
+        let c1 = issue(&s, "10000001", "0a01", "fac-1");
+        let c2 = issue(&s, "10000002", "0a02", "fac-1");
+        let rev = Revocation {
+            revoked_at: T0 + time::Duration::days(1),
+            reason: RevocationReason::KeyCompromise,
+            invalidity_date: None,
+        };
+        s.revoke(
+            &RevokeTarget::Serial(c1.serial.clone()),
+            &rev,
+            ev("certificate.revoked", "0a01"),
+        )
+        .expect("revoke");
+        assert!(
+            s.tamper_remove_revoked_index("issuer-1", "0a01")
+                .expect("tamper")
+        );
+        let entry = |serial: &str| RevokedEntry {
+            serial: serial.into(),
+            not_after: T0 + time::Duration::days(365),
+            revocation: rev.clone(),
+        };
+        let before = s.durable_audit_head().expect("head");
+        let done = s
+            .reinstate_revocations(
+                "issuer-1",
+                &[entry("0a01"), entry("0a02"), entry("0a03")],
+                "cli:test",
+            )
+            .expect("reinstate");
+        assert_eq!(
+            done,
+            vec![
+                Reinstated::Indexed("0a01".into()),
+                Reinstated::Revoked("0a02".into()),
+                Reinstated::Unknown("0a03".into()),
+            ]
+        );
+        let listed: Vec<String> = s
+            .revocation_entries("issuer-1")
+            .expect("entries")
+            .into_iter()
+            .map(|e| e.serial)
+            .collect();
+        assert_eq!(listed, ["0a01", "0a02", "0a03"]);
+        let c2 = s.certificate(&c2.serial).expect("read").expect("exists");
+        assert_eq!(
+            c2.revocation,
+            Some(rev.clone()),
+            "revoked with the published time and reason"
+        );
+        // The index-only serial has no certificate to list.
+        assert_eq!(
+            s.revoked_certificates("issuer-1").expect("revoked").len(),
+            2
+        );
+        let after = s.durable_audit_head().expect("head");
+        assert_eq!(after.seq, before.seq + 3, "one audit entry per change");
+        let audited = s.audit_entries(before.seq + 1, 10).expect("audit");
+        assert!(
+            audited
+                .iter()
+                .all(|e| e.action == "revocation.reinstated" && e.actor == "cli:test")
+        );
+        assert!(s.verify_audit().expect("verify").ok);
+        // Idempotent: nothing missing any more, nothing written.
+        let again = s
+            .reinstate_revocations(
+                "issuer-1",
+                &[entry("0a01"), entry("0a02"), entry("0a03")],
+                "cli:test",
+            )
+            .expect("reinstate");
+        assert!(
+            again.iter().all(|r| matches!(r, Reinstated::Present(_))),
+            "{again:?}"
+        );
+        assert_eq!(s.durable_audit_head().expect("head"), after);
     }
 }
