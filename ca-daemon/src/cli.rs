@@ -960,11 +960,15 @@ async fn revoke(a: RevokeArgs) -> Result<(), CliError> {
         .await?
         .into_inner();
     if a.client.json {
-        print_json(serde_json::json!({"revoked_serials": r.revoked_serials}));
+        print_json(serde_json::json!({"revoked_serials": r.revoked_serials,
+            "cancelled_tickets": r.cancelled_tickets}));
     } else {
         println!("revoked {} certificate(s):", r.revoked_serials.len());
         for s in r.revoked_serials {
             println!("  {s}");
+        }
+        if r.cancelled_tickets > 0 {
+            println!("cancelled {} active ticket(s)", r.cancelled_tickets);
         }
     }
     Ok(())

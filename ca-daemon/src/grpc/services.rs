@@ -253,12 +253,13 @@ impl v1::certificates_server::Certificates for CertificatesService {
             convert::RevokeTarget::Facility(f) => RevokeTarget::Facility(f),
             _ => return Err(CaError::invalid("target", "unsupported revocation target").into()),
         };
-        let certs = self
+        let (certs, cancelled) = self
             .authority
             .revoke(&who, target, req.reason, req.invalidity_date)
             .await?;
         Ok(Response::new(v1::RevokeResponse {
             revoked_serials: certs.into_iter().map(|c| c.serial).collect(),
+            cancelled_tickets: u32::try_from(cancelled).unwrap_or(u32::MAX),
         }))
     }
 }
