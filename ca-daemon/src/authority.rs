@@ -89,6 +89,9 @@ pub struct Bundle {
     pub chain_der: Vec<Vec<u8>>,
     /// notAfter of the certificate.
     pub not_after: OffsetDateTime,
+    /// The bundle's own random password (policy `[tickets] bundle_password = "random"`),
+    /// returned once; `None` when the ticket password protects the bundle.
+    pub bundle_password: Option<Zeroizing<String>>,
 }
 
 /// Status of a certificate for `CheckStatus`.
@@ -655,7 +658,17 @@ impl Authority {
             .map_err(|_| CaError::Unavailable("shutting down".into()))?;
         let this = self.clone();
         let actor = caller.actor();
-        let password = req.password.clone();
+        // Issue #12 item 10: the bundle's own random password (80 bits) if the policy says so,
+        // else the ticket password (the manual's flow).
+        let bundle_password = match self.policy.tickets.bundle_password {
+            pki_policy::BundlePassword::Ticket => None,
+            pki_policy::BundlePassword::Random => {
+                Some(crate::tickets::random_bundle_password().map_err(CaError::internal)?)
+            }
+        };
+        let password = bundle_password
+            .clone()
+            .unwrap_or_else(|| req.password.clone());
         let issuer2 = issuer.clone();
         let built = blocking(move || {
             let enrollee = &ticket.enrollee;
@@ -770,6 +783,7 @@ impl Authority {
             certificate_der: leaf.der,
             chain_der: chain,
             not_after: leaf.not_after,
+            bundle_password,
         })
     }
 

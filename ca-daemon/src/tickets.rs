@@ -47,6 +47,28 @@ pub fn random_digits(n: usize) -> Result<String, TicketSecretError> {
     Ok(out)
 }
 
+/// Alphabet of [`random_bundle_password`]: digits and lowercase letters without `i`, `l`, `o`,
+/// `u` (Crockford's base 32), so nothing reads as another character on a phone screen.
+pub const BUNDLE_PASSWORD_ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+
+/// A random PKCS#12 bundle password for `[tickets] bundle_password = "random"` (issue #12
+/// item 10): 16 characters of [`BUNDLE_PASSWORD_ALPHABET`] (5 bits each, 80 bits; 256 is a
+/// multiple of 32 so `byte & 31` is unbiased), in groups of four joined by `-`.
+pub fn random_bundle_password() -> Result<Zeroizing<String>, TicketSecretError> {
+    let mut raw = Zeroizing::new([0u8; 16]);
+    SystemRandom::new()
+        .fill(raw.as_mut())
+        .map_err(|_| TicketSecretError::Rng)?;
+    let mut out = Zeroizing::new(String::with_capacity(19));
+    for (i, b) in raw.iter().enumerate() {
+        if i > 0 && i % 4 == 0 {
+            out.push('-');
+        }
+        out.push(char::from(BUNDLE_PASSWORD_ALPHABET[usize::from(b & 31)]));
+    }
+    Ok(out)
+}
+
 /// A freshly drawn ticket password. Its `Debug` never shows the digits.
 pub struct TicketPassword(Zeroizing<String>);
 
@@ -219,6 +241,29 @@ mod tests {
             .await
             .expect("runs once the first turn ends")
             .expect("task");
+    }
+
+    #[test]
+    fn bundle_passwords_have_80_bits_in_four_groups() {
+        let a = random_bundle_password().expect("rng");
+        let b = random_bundle_password().expect("rng");
+        assert_ne!(*a, *b);
+        let groups: Vec<&str> = a.split('-').collect();
+        assert_eq!(groups.len(), 4, "{}", a.len());
+        assert!(groups.iter().all(|g| g.len() == 4));
+        assert!(
+            a.bytes()
+                .filter(|c| *c != b'-')
+                .all(|c| BUNDLE_PASSWORD_ALPHABET.contains(&c))
+        );
+        // 16 symbols of a 32-letter alphabet: 80 bits.
+        assert_eq!(16.0 * (BUNDLE_PASSWORD_ALPHABET.len() as f64).log2(), 80.0);
+        // Every symbol is used (2,000 draws: a missing one is a bias).
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2_000 {
+            seen.extend(random_bundle_password().expect("rng").bytes());
+        }
+        assert_eq!(seen.len(), 33, "32 symbols and the hyphen");
     }
 
     #[test]

@@ -301,17 +301,17 @@ fn check_bundle(
         assert!(ok, "{label}: openssl pkcs12 -info failed:\n{text}");
         let expected: Vec<String> = if case.aes {
             vec![
-                "MAC: sha256, Iteration 10000".into(),
+                "MAC: sha256, Iteration 100000".into(),
                 "MAC length: 32".into(),
-                "PKCS7 Encrypted data: PBES2, PBKDF2, AES-256-CBC, Iteration 10000, PRF hmacWithSHA256".into(),
-                "Shrouded Keybag: PBES2, PBKDF2, AES-256-CBC, Iteration 10000, PRF hmacWithSHA256".into(),
+                "PKCS7 Encrypted data: PBES2, PBKDF2, AES-256-CBC, Iteration 100000, PRF hmacWithSHA256".into(),
+                "Shrouded Keybag: PBES2, PBKDF2, AES-256-CBC, Iteration 100000, PRF hmacWithSHA256".into(),
             ]
         } else {
             vec![
-                "MAC: sha1, Iteration 2048".into(),
+                "MAC: sha1, Iteration 100000".into(),
                 "MAC length: 20, salt length: 8".into(),
-                "PKCS7 Encrypted data: pbeWithSHA1And3-KeyTripleDES-CBC, Iteration 2048".into(),
-                "Shrouded Keybag: pbeWithSHA1And3-KeyTripleDES-CBC, Iteration 2048".into(),
+                "PKCS7 Encrypted data: pbeWithSHA1And3-KeyTripleDES-CBC, Iteration 100000".into(),
+                "Shrouded Keybag: pbeWithSHA1And3-KeyTripleDES-CBC, Iteration 100000".into(),
             ]
         };
         for e in &expected {

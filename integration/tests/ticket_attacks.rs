@@ -219,6 +219,10 @@ async fn revoking_a_facility_cancels_its_live_tickets() -> TestResult {
         .redeem_ticket(redeem_req(&first.number, &first.password))
         .await?
         .into_inner();
+    assert!(
+        issued.bundle_password.is_empty(),
+        "default mode: the ticket password protects the bundle"
+    );
     let second = create(&mut enr, 14).await?;
     let elsewhere = create(&mut enr, 15).await?; // F001
 

@@ -40,7 +40,9 @@ pub use keystore::{BagEncryption, KeystoreProfile, MacAlgorithm};
 pub use limits::{FieldError, FieldProblem, Limits};
 pub use profile::{CertProfile, CertificatePolicy, ExtKeyUsage, KeyType, KeyUsage};
 pub use roles::{MethodGrant, Role, Roles};
-pub use sections::{CaPolicy, CrlPolicy, MAX_VALIDITY_DAYS, OcspPolicy, TicketPolicy};
+pub use sections::{
+    BundlePassword, CaPolicy, CrlPolicy, MAX_VALIDITY_DAYS, OcspPolicy, TicketPolicy,
+};
 pub use subject::{Placeholder, Subject, SubjectTemplate, Template, X520_UB_NAME};
 pub use urls::{Urls, check_base_url};
 

@@ -148,6 +148,11 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
             chain_der: bundle.chain_der,
             not_after: ts(bundle.not_after),
             mobileconfig_file_name: bundle.mobileconfig_file_name,
+            bundle_password: bundle
+                .bundle_password
+                .as_deref()
+                .map(String::from)
+                .unwrap_or_default(),
         }))
     }
 
