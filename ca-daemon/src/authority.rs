@@ -880,12 +880,12 @@ impl Authority {
             store
                 .revoke_and_cancel_tickets(&t2, &revocation, event, cancel_event, now)
                 .map_err(|e| match e {
-                StoreError::NotFound { .. } => CaError::NotFound {
-                    what: "certificate",
-                    id: target_s,
-                },
-                e => store_err(e),
-            })
+                    StoreError::NotFound { .. } => CaError::NotFound {
+                        what: "certificate",
+                        id: target_s,
+                    },
+                    e => store_err(e),
+                })
         })
         .await?;
         let mut dirty = HashSet::new();

@@ -887,6 +887,18 @@ fn new_issuer(
     )?;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    // Issue #12 item 7: whoever holds the online issuing key must not be able to mint TLS
+    // server certificates that enrolled devices trust. Windows, Apple, NSS and Chrome enforce
+    // EKU down the chain, so an issuing CA limited to clientAuth can only issue client
+    // certificates. OCSPSigning stays in the set because the CA's own delegated OCSP responder
+    // (id-kp-OCSPSigning) is under it: with clientAuth alone, the same chain rule makes
+    // Windows refuse the responder's answers. No nameConstraints: the leaves carry no DNS or
+    // IP names to constrain (SAN is a `urn:pki:device:` URI, which RFC 5280 URI constraints do
+    // not cover), and the EKU already takes away the server use.
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ClientAuth,
+        ExtendedKeyUsagePurpose::OcspSigning,
+    ];
     p.use_authority_key_identifier_extension = true;
     p.crl_distribution_points = vec![CrlDistributionPoint {
         uris: vec![root_crl_url(url_base)],

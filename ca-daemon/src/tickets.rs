@@ -114,7 +114,10 @@ impl TicketMac {
             return Err(TicketSecretError::WeakPepper { len: pepper.len() });
         }
         let key = hmac::Key::new(hmac::HMAC_SHA256, pepper);
-        let audit_key = hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&key, AUDIT_TAG_LABEL).as_ref());
+        let audit_key = hmac::Key::new(
+            hmac::HMAC_SHA256,
+            hmac::sign(&key, AUDIT_TAG_LABEL).as_ref(),
+        );
         Ok(Self { key, audit_key })
     }
 
@@ -235,7 +238,10 @@ mod tests {
             let _t = g2.turn("12345678").await;
         });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(!waiter.is_finished(), "a second attempt on the number must wait");
+        assert!(
+            !waiter.is_finished(),
+            "a second attempt on the number must wait"
+        );
         drop(first);
         tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
             .await
@@ -284,9 +290,16 @@ mod tests {
         assert_eq!(tag, m.unknown_number_tag("12345678"), "stable for one key");
         assert_ne!(tag, m.unknown_number_tag("12345679"));
         let other = TicketMac::new(&[8u8; 32]).expect("pepper");
-        assert_ne!(tag, other.unknown_number_tag("12345678"), "keyed by the pepper");
+        assert_ne!(
+            tag,
+            other.unknown_number_tag("12345678"),
+            "keyed by the pepper"
+        );
         // Not the password MAC of any password: a key of its own.
-        assert_ne!(&tag["ticket-tag:".len()..], &hex::encode(m.mac("12345678", ""))[..32]);
+        assert_ne!(
+            &tag["ticket-tag:".len()..],
+            &hex::encode(m.mac("12345678", ""))[..32]
+        );
     }
 
     #[test]

@@ -416,9 +416,58 @@ fn dev_init_verifies_with_openssl_and_pkilint() -> TestResult {
             "CA Issuers - URI:http://127.0.0.1:8080/ca/root.crt",
             "NIST CURVE: P-256",
             &format!("CN=ケアネット 端末発行CA {id}"),
+            // Issue #12 item 7: a client-only issuing CA (+ OCSP for its own responder).
+            "X509v3 Extended Key Usage",
+            "TLS Web Client Authentication, OCSP Signing",
         ],
         "issuer",
     );
+    assert!(
+        !t.contains("TLS Web Server Authentication") && !t.contains("Any Extended Key Usage"),
+        "the issuing CA must not be usable for TLS servers:\n{t}"
+    );
+    // What a thief of the issuing key could mint: a TLS server certificate for any host. It
+    // must not verify as one (OpenSSL, like Windows/Apple/NSS, applies the CA's EKU), while a
+    // client certificate from the same key still does.
+    let active = loaded.active_issuer().ok_or("no active issuer")?;
+    let signer = active.rcgen_issuer()?;
+    for (purpose, eku, valid) in [
+        (
+            "sslserver",
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            false,
+        ),
+        (
+            "sslclient",
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            true,
+        ),
+    ] {
+        let mut p = rcgen::CertificateParams::new(vec!["bank.example".to_string()])?;
+        p.extended_key_usages = vec![eku];
+        let key = rcgen::KeyPair::generate()?;
+        let minted = p.signed_by(&key, &signer)?;
+        let path = dir.path().join(format!("minted-{purpose}.pem"));
+        std::fs::write(&path, minted.pem())?;
+        let out = run(
+            &openssl,
+            &[
+                "verify",
+                "-CAfile",
+                s(&root),
+                "-untrusted",
+                s(&issuer),
+                "-purpose",
+                purpose,
+                s(&path),
+            ],
+        );
+        assert_eq!(
+            out.ok, valid,
+            "a {purpose} certificate from the issuing key: {}{}",
+            out.stdout, out.stderr
+        );
+    }
     let t = x509_text(&openssl, &responder);
     assert_contains(
         &t,

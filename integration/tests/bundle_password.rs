@@ -110,7 +110,10 @@ async fn random_bundle_password_opens_the_bundle_in_openssl_and_keytool() -> Tes
                     .arg("-storepass:file")
                     .arg(&good),
             );
-            assert!(ok, "{os:?}: keytool -list with the bundle password:\n{text}");
+            assert!(
+                ok,
+                "{os:?}: keytool -list with the bundle password:\n{text}"
+            );
             assert_eq!(
                 text.matches("Entry type: PrivateKeyEntry").count(),
                 1,
@@ -123,13 +126,19 @@ async fn random_bundle_password_opens_the_bundle_in_openssl_and_keytool() -> Tes
                     .arg("-storepass:file")
                     .arg(&ticket_pw),
             );
-            assert!(!ok, "{os:?}: keytool opened it with the ticket password:\n{text}");
+            assert!(
+                !ok,
+                "{os:?}: keytool opened it with the ticket password:\n{text}"
+            );
         }
     }
     assert_ne!(seen[0], seen[1], "one password per bundle");
     let log = d.log();
     for pw in &seen {
-        assert!(!log.contains(pw.as_str()), "a bundle password is in the daemon log");
+        assert!(
+            !log.contains(pw.as_str()),
+            "a bundle password is in the daemon log"
+        );
     }
     Ok(())
 }

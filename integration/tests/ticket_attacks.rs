@@ -110,7 +110,11 @@ async fn ticket_probes_get_one_answer_are_counted_and_stop_at_the_lockout() -> T
             after.failed_attempts
         );
         if ok == 0 {
-            assert_eq!(after.state(), v1::TicketState::Locked, "burst {n}: {after:?}");
+            assert_eq!(
+                after.state(),
+                v1::TicketState::Locked,
+                "burst {n}: {after:?}"
+            );
         } else {
             assert_eq!(
                 after.state(),
@@ -123,9 +127,21 @@ async fn ticket_probes_get_one_answer_are_counted_and_stop_at_the_lockout() -> T
     // --- the right password after the lockout answers like any bad credential
     let t = create(&mut enr, 110).await?;
     for k in 1..=max {
-        assert_bad(&mut enr, &t.number, &wrong(&t.password, k), "wrong password").await;
+        assert_bad(
+            &mut enr,
+            &t.number,
+            &wrong(&t.password, k),
+            "wrong password",
+        )
+        .await;
     }
-    assert_bad(&mut enr, &t.number, &t.password, "right password after lockout").await;
+    assert_bad(
+        &mut enr,
+        &t.number,
+        &t.password,
+        "right password after lockout",
+    )
+    .await;
     let locked = ticket(&mut enr, &t.number).await?;
     assert_eq!(locked.state(), v1::TicketState::Locked);
     assert_eq!(locked.failed_attempts, max + 1, "{locked:?}");
@@ -136,7 +152,13 @@ async fn ticket_probes_get_one_answer_are_counted_and_stop_at_the_lockout() -> T
         .await?;
     assert_bad(&mut enr, &t.number, &t.password, "right password, redeemed").await;
     for k in 1..max {
-        assert_bad(&mut enr, &t.number, &wrong(&t.password, k), "wrong, redeemed").await;
+        assert_bad(
+            &mut enr,
+            &t.number,
+            &wrong(&t.password, k),
+            "wrong, redeemed",
+        )
+        .await;
     }
     let probed = ticket(&mut enr, &t.number).await?;
     assert_eq!(probed.state(), v1::TicketState::Redeemed);
@@ -144,7 +166,13 @@ async fn ticket_probes_get_one_answer_are_counted_and_stop_at_the_lockout() -> T
         probed.failed_attempts, max,
         "probing a redeemed ticket's password is counted: {probed:?}"
     );
-    assert_bad(&mut enr, &t.number, &t.password, "right, redeemed, after the lockout").await;
+    assert_bad(
+        &mut enr,
+        &t.number,
+        &t.password,
+        "right, redeemed, after the lockout",
+    )
+    .await;
 
     // --- cancelled: the right password gets the one answer, and is counted
     let t = create(&mut enr, 112).await?;
@@ -152,7 +180,13 @@ async fn ticket_probes_get_one_answer_are_counted_and_stop_at_the_lockout() -> T
         number: t.number.clone(),
     })
     .await?;
-    assert_bad(&mut enr, &t.number, &t.password, "right password, cancelled").await;
+    assert_bad(
+        &mut enr,
+        &t.number,
+        &t.password,
+        "right password, cancelled",
+    )
+    .await;
     assert_eq!(ticket(&mut enr, &t.number).await?.failed_attempts, 1);
     Ok(())
 }
@@ -169,7 +203,13 @@ async fn an_unknown_number_is_audited_and_logged_only_as_a_keyed_hash() -> TestR
     if swapped == t.number {
         swapped = wrong(&swapped, 1);
     }
-    assert_bad(&mut enr, &swapped, &t.number, "password in the number field").await;
+    assert_bad(
+        &mut enr,
+        &swapped,
+        &t.number,
+        "password in the number field",
+    )
+    .await;
     assert_bad(&mut enr, &swapped, &t.number, "the same again").await;
     drop(enr);
     let stopped = tokio::task::block_in_place(|| d.stop());

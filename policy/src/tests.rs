@@ -684,6 +684,15 @@ fn key_usage_must_fit_the_key() {
     assert_field(&err, "certificate.profiles.default.key_usage[0]");
     let err = refuse("[certificate.profiles.default]\nextended_key_usage = []\n");
     assert_field(&err, "certificate.profiles.default.extended_key_usage");
+    // Issue #12 item 7: device certificates are TLS clients only.
+    let err = refuse(
+        "[certificate.profiles.default]\nextended_key_usage = [\"client_auth\", \"server_auth\"]\n",
+    );
+    assert_field(&err, "certificate.profiles.default.extended_key_usage[1]");
+    assert!(err.to_string().contains("server_auth"), "{err}");
+    let err =
+        refuse("[certificate.profiles.default]\nextended_key_usage = [\"email_protection\"]\n");
+    assert_field(&err, "certificate.profiles.default.extended_key_usage[0]");
     let err = refuse("[certificate.profiles.default]\nkey = \"ed25519\"\n");
     assert_field(&err, "certificate.profiles.default.key");
     let err = refuse("[certificate]\ndefault_profile = \"missing\"\n");

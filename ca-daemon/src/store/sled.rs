@@ -378,7 +378,6 @@ impl SledStore {
         Ok(out)
     }
 
-
     /// Runs `body` (scans plus one [`Self::transact`]) under the writer mutex, then waits
     /// until the change is durable and logs the audit entries it appended.
     fn mutate<A>(
@@ -1385,22 +1384,36 @@ mod tests {
             .expect("revoke");
         assert_eq!(certs.len(), 1);
         assert_eq!(certs[0].serial, c.serial);
-        assert_eq!(cancelled, vec!["10000002".to_string(), "10000003".to_string()]);
+        assert_eq!(
+            cancelled,
+            vec!["10000002".to_string(), "10000003".to_string()]
+        );
         for n in ["10000002", "10000003"] {
             let t = s.ticket(n).expect("read").expect("exists");
             assert_eq!(t.state, TicketState::Cancelled, "{n}");
         }
         let t = s.ticket("10000004").expect("read").expect("exists");
-        assert_eq!(t.state, TicketState::Active, "another facility's ticket is left alone");
+        assert_eq!(
+            t.state,
+            TicketState::Active,
+            "another facility's ticket is left alone"
+        );
         let t = s.ticket("10000001").expect("read").expect("exists");
-        assert_eq!(t.state, TicketState::Redeemed, "a redeemed ticket stays redeemed");
+        assert_eq!(
+            t.state,
+            TicketState::Redeemed,
+            "a redeemed ticket stays redeemed"
+        );
         // One entry per revoked certificate, per cancelled ticket, and the count.
         let entries = s.audit_entries(1, 100).expect("audit");
         let new = &entries[before..];
         assert_eq!(new.len(), 4, "{new:?}");
         assert_eq!(new[1].target, "ticket:10000002");
         assert_eq!(new[3].action, "revocation.tickets_cancelled");
-        assert!(new[3].detail.starts_with("2 active tickets cancelled"), "{new:?}");
+        assert!(
+            new[3].detail.starts_with("2 active tickets cancelled"),
+            "{new:?}"
+        );
         // A serial target cancels nothing; the plain revoke never does.
         let (_, none) = s
             .revoke_and_cancel_tickets(
