@@ -54,6 +54,12 @@ pub enum Command {
     /// Audit log operations.
     #[command(subcommand, after_help = "Example:\n  ca-daemon audit verify --json")]
     Audit(AuditCommand),
+    /// Service client certificates: issue, revoke (the service CA's CRL).
+    #[command(
+        subcommand,
+        after_help = "Example:\n  ca-daemon service issue --role portal --name portal-2 --out ./portal-2\n  ca-daemon service revoke --cert ./portal-1.crt"
+    )]
+    Service(crate::service_ca::cli::ServiceCommand),
     /// Issuers, certificate counts, CRL numbers and ages, tickets by state.
     #[command(after_help = "Example:\n  ca-daemon status --json")]
     Status(ClientArgs),
@@ -507,6 +513,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Init(a) => init(a).await,
         Command::Ticket(t) => ticket(t).await,
         Command::Revoke(a) => revoke(a).await,
+        Command::Service(c) => tokio::task::spawn_blocking(move || crate::service_ca::cli::run(c))
+            .await
+            .map_err(|e| CliError::new(e.to_string()))?
+            .map_err(CliError::new),
         Command::Crl(CrlCommand::Root(a)) => {
             let pf = a
                 .root_passphrase_file

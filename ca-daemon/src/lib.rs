@@ -19,5 +19,6 @@ pub mod ocsp;
 pub mod pkcs12;
 pub mod pki;
 pub mod server;
+pub mod service_ca;
 pub mod store;
 pub mod tickets;

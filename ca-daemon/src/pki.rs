@@ -1307,7 +1307,9 @@ fn build_pki(
                 &service_ca.der,
                 &service_ca.key.key_pair,
                 role,
-                opts.service_validity_days,
+                // Short-lived (issue #12 item 8): renew with `ca-daemon service issue`.
+                opts.service_validity_days
+                    .min(crate::service_ca::DEFAULT_CLIENT_VALIDITY_DAYS),
             )?,
         ));
     }
