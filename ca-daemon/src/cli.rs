@@ -60,6 +60,12 @@ pub enum Command {
         after_help = "Example:\n  ca-daemon service issue --role portal --name portal-2 --out ./portal-2\n  ca-daemon service revoke --cert ./portal-1.crt"
     )]
     Service(crate::service_ca::cli::ServiceCommand),
+    /// Authentication record of pki.toml, service-ca.crt and server.crt: seal, verify.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  ca-daemon integrity verify --data-dir /var/lib/ca-daemon --passphrase-file /etc/ca-daemon/passphrase"
+    )]
+    Integrity(crate::integrity::cli::IntegrityCommand),
     /// Issuers, certificate counts, CRL numbers and ages, tickets by state.
     #[command(after_help = "Example:\n  ca-daemon status --json")]
     Status(ClientArgs),
@@ -517,6 +523,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             .await
             .map_err(|e| CliError::new(e.to_string()))?
             .map_err(CliError::new),
+        Command::Integrity(c) => {
+            tokio::task::spawn_blocking(move || crate::integrity::cli::run(c))
+                .await
+                .map_err(|e| CliError::new(e.to_string()))?
+                .map_err(CliError::new)
+        }
         Command::Crl(CrlCommand::Root(a)) => {
             let pf = a
                 .root_passphrase_file

@@ -10,6 +10,7 @@ pub mod crl;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod integrity;
 pub mod issue;
 pub mod keys;
 pub mod limits;

@@ -1338,6 +1338,8 @@ fn build_pki(
         root_crl_number: 1,
     }
     .write(staging, Overwrite::Refuse)?;
+    // Issue #12 item 9: authenticate pki.toml, service-ca.crt and server.crt.
+    crate::integrity::seal(staging, pepper.as_ref())?;
 
     // Files outside keys/. No PKI exists yet, so leftovers of an interrupted init are replaced.
     let mut dev_files = Vec::new();
@@ -1562,6 +1564,8 @@ pub fn load(data_dir: &Path, passphrase: &Passphrase) -> Result<LoadedPki, PkiEr
             reason: format!("pepper is {} bytes, expected {PEPPER_LEN}", pepper.len()),
         });
     }
+    // Issue #12 item 9: refuse files changed without the passphrase.
+    crate::integrity::verify(&layout, &pepper)?;
     tracing::info!(
         data_dir = %data_dir.display(),
         issuers = issuers.len(),

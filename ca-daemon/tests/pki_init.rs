@@ -720,3 +720,69 @@ fn load_refuses_group_readable_key() -> TestResult {
     assert!(pki::load(&data, &opts.passphrase).is_ok());
     Ok(())
 }
+
+/// Issue #12 item 9: the plain files beside the sealed keys are authenticated. With write access
+/// but no passphrase, swapping the service CA (and a server certificate for the same key), or
+/// cheapening the KDF for the next sealed key, makes the PKI refuse to load.
+#[test]
+fn plain_files_changed_without_the_passphrase_refuse_to_load() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("var");
+    let opts = prod_opts(&data);
+    pki::init(&opts)?;
+    let l = Layout::new(&data);
+    pki::load(&data, &opts.passphrase)?;
+    let integrity_err = |what: &str| {
+        match pki::load(&data, &opts.passphrase) {
+            Ok(_) => panic!("{what}: loaded"),
+            Err(e) => assert!(
+                e.to_string().contains("integrity.mac"),
+                "{what}: not refused by the integrity record: {e}"
+            ),
+        }
+    };
+
+    // 1. A cheaper KDF for new keys in pki.toml.
+    let meta = std::fs::read_to_string(l.metadata())?;
+    let cheap = meta.replace("t_cost = 1", "t_cost = 9");
+    assert_ne!(cheap, meta, "{meta}");
+    std::fs::write(l.metadata(), &cheap)?;
+    integrity_err("pki.toml seal_kdf edited");
+    std::fs::write(l.metadata(), &meta)?;
+    pki::load(&data, &opts.passphrase)?;
+
+    // 2. An attacker's service CA plus a server certificate it signed for the existing server
+    //    key: every check but the integrity record passes.
+    let sca_before = std::fs::read(l.service_ca_cert())?;
+    let server_before = std::fs::read(l.server_cert())?;
+    let server_der = pki::read_cert_pem(&l.server_cert())?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&server_der)?;
+    let spki = rcgen::SubjectPublicKeyInfo::from_der(parsed.public_key().raw)?;
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "attacker service CA");
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let ca = rcgen::Issuer::new(ca_params, &ca_key);
+    let mut sp = rcgen::CertificateParams::new(vec!["localhost".to_string()])?;
+    sp.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let forged_server = sp.signed_by(&spki, &ca)?;
+    std::fs::write(l.service_ca_cert(), ca_cert.pem())?;
+    std::fs::write(l.server_cert(), forged_server.pem())?;
+    integrity_err("service CA swapped");
+    std::fs::write(l.service_ca_cert(), &sca_before)?;
+    std::fs::write(l.server_cert(), &server_before)?;
+    pki::load(&data, &opts.passphrase)?;
+
+    // 3. No record: refused until an operator seals one (`ca-daemon integrity seal`).
+    let record = ca_daemon::integrity::path(&l);
+    std::fs::remove_file(&record)?;
+    integrity_err("record removed");
+    let pass = &opts.passphrase;
+    let pepper = ca_daemon::keys::sealed::read_sealed_file(&l.pepper(), pass, pki::PEPPER_LABEL)?;
+    ca_daemon::integrity::seal(&l, &pepper)?;
+    pki::load(&data, pass)?;
+    Ok(())
+}
