@@ -523,12 +523,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             .await
             .map_err(|e| CliError::new(e.to_string()))?
             .map_err(CliError::new),
-        Command::Integrity(c) => {
-            tokio::task::spawn_blocking(move || crate::integrity::cli::run(c))
-                .await
-                .map_err(|e| CliError::new(e.to_string()))?
-                .map_err(CliError::new)
-        }
+        Command::Integrity(c) => tokio::task::spawn_blocking(move || crate::integrity::cli::run(c))
+            .await
+            .map_err(|e| CliError::new(e.to_string()))?
+            .map_err(CliError::new),
         Command::Crl(CrlCommand::Root(a)) => {
             let pf = a
                 .root_passphrase_file

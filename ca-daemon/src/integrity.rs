@@ -90,7 +90,11 @@ pub fn compute(layout: &Layout, pepper: &[u8]) -> Result<[u8; 32], PkiError> {
         "service-ca.crt/sha256",
         &digest_of(&layout.service_ca_cert())?,
     );
-    push(&mut t, "server.crt/sha256", &digest_of(&layout.server_cert())?);
+    push(
+        &mut t,
+        "server.crt/sha256",
+        &digest_of(&layout.server_cert())?,
+    );
     let key_bytes = Zeroizing::new(
         hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, pepper), KEY_LABEL)
             .as_ref()
@@ -191,9 +195,8 @@ pub mod cli {
         let pass = crate::keys::Passphrase::from_file(&file).map_err(|e| e.to_string())?;
         let layout = Layout::new(&a.data_dir);
         let p = layout.pepper();
-        let pepper =
-            crate::keys::sealed::read_sealed_file(&p, &pass, crate::pki::PEPPER_LABEL)
-                .map_err(|e| format!("{}: {e}", p.display()))?;
+        let pepper = crate::keys::sealed::read_sealed_file(&p, &pass, crate::pki::PEPPER_LABEL)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
         Ok((layout, pepper))
     }
 

@@ -305,7 +305,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("var");
         let mut opts = pki::InitOptions::dev(&data, "http://127.0.0.1:8080").expect("dev opts");
-        opts.kdf = crate::keys::sealed::KdfParams::test_fast();
+        opts.kdf = crate::keys::sealed::KdfParams::DEV_FLOOR;
         pki::init(&opts).expect("init");
         let pass = Passphrase::from_file(&pki::dev_passphrase_path(&data)).expect("passphrase");
         (dir, data, pass)

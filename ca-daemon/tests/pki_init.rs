@@ -107,14 +107,14 @@ fn s(p: &Path) -> &str {
 fn dev_opts(data_dir: &Path) -> InitOptions {
     let mut o = InitOptions::dev(data_dir, "http://127.0.0.1:8080")
         .unwrap_or_else(|e| panic!("InitOptions::dev: {e}"));
-    o.kdf = KdfParams::test_fast();
+    o.kdf = KdfParams::DEV_FLOOR;
     o
 }
 
 fn prod_opts(data_dir: &Path) -> InitOptions {
     let pass = Passphrase::from_bytes(PASS.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
     let mut o = InitOptions::new(data_dir, pass, "http://pki.care.example:8080");
-    o.kdf = KdfParams::test_fast();
+    o.kdf = KdfParams::PRODUCTION_FLOOR;
     o
 }
 
@@ -732,19 +732,17 @@ fn plain_files_changed_without_the_passphrase_refuse_to_load() -> TestResult {
     pki::init(&opts)?;
     let l = Layout::new(&data);
     pki::load(&data, &opts.passphrase)?;
-    let integrity_err = |what: &str| {
-        match pki::load(&data, &opts.passphrase) {
-            Ok(_) => panic!("{what}: loaded"),
-            Err(e) => assert!(
-                e.to_string().contains("integrity.mac"),
-                "{what}: not refused by the integrity record: {e}"
-            ),
-        }
+    let integrity_err = |what: &str| match pki::load(&data, &opts.passphrase) {
+        Ok(_) => panic!("{what}: loaded"),
+        Err(e) => assert!(
+            e.to_string().contains("integrity.mac"),
+            "{what}: not refused by the integrity record: {e}"
+        ),
     };
 
-    // 1. A cheaper KDF for new keys in pki.toml.
+    // 1. A cheaper KDF for new keys in pki.toml (t_cost 2 -> 1).
     let meta = std::fs::read_to_string(l.metadata())?;
-    let cheap = meta.replace("t_cost = 1", "t_cost = 9");
+    let cheap = meta.replace("t_cost = 2", "t_cost = 1");
     assert_ne!(cheap, meta, "{meta}");
     std::fs::write(l.metadata(), &cheap)?;
     integrity_err("pki.toml seal_kdf edited");
@@ -784,5 +782,45 @@ fn plain_files_changed_without_the_passphrase_refuse_to_load() -> TestResult {
     let pepper = ca_daemon::keys::sealed::read_sealed_file(&l.pepper(), pass, pki::PEPPER_LABEL)?;
     ca_daemon::integrity::seal(&l, &pepper)?;
     pki::load(&data, pass)?;
+    Ok(())
+}
+
+/// Issue #12 item 9: KDF parameters below the floor and weak passphrases are refused at `init`
+/// (dev PKIs have a lower floor and no passphrase rule: their passphrase is generated).
+#[test]
+fn init_refuses_a_cheap_kdf_and_a_weak_passphrase() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut o = prod_opts(&dir.path().join("a"));
+    o.kdf = KdfParams::test_fast();
+    let e = pki::init(&o).err().ok_or("cheap KDF accepted")?;
+    assert!(e.to_string().contains("below the floor"), "{e}");
+    assert!(
+        !dir.path().join("a").join("keys").exists(),
+        "nothing created"
+    );
+
+    for weak in ["short-pass", "aaaaaaaaaaaaaaaaaaaa", "abababababababababab"] {
+        let mut o = prod_opts(&dir.path().join("b"));
+        o.passphrase = Passphrase::from_bytes(weak.as_bytes())?;
+        let e = pki::init(&o).err().ok_or("weak passphrase accepted")?;
+        assert!(e.to_string().contains("too weak"), "{weak}: {e}");
+    }
+    let mut o = prod_opts(&dir.path().join("c"));
+    o.root_passphrase = Some(Passphrase::from_bytes(b"root")?);
+    assert!(pki::init(&o).is_err(), "weak root passphrase accepted");
+
+    // Production defaults are RFC 9106's 64 MiB / 3 passes; dev keeps the OWASP baseline.
+    assert_eq!(
+        (
+            KdfParams::production().m_cost_kib,
+            KdfParams::production().t_cost
+        ),
+        (64 * 1024, 3)
+    );
+    let dev = InitOptions::dev(dir.path().join("d"), "http://127.0.0.1:8080")?;
+    assert_eq!(dev.kdf, KdfParams::PRODUCTION_FLOOR);
+    let mut dev_cheap = dev;
+    dev_cheap.kdf = KdfParams::test_fast();
+    assert!(pki::init(&dev_cheap).is_err(), "below the dev floor");
     Ok(())
 }
