@@ -93,6 +93,9 @@ pub struct Bundle {
     pub chain_der: Vec<Vec<u8>>,
     /// notAfter of the certificate.
     pub not_after: OffsetDateTime,
+    /// The bundle's own random password (policy `[tickets] bundle_password = "random"`),
+    /// returned once; `None` when the ticket password protects the bundle.
+    pub bundle_password: Option<Zeroizing<String>>,
 }
 
 /// Status of a certificate for `CheckStatus`.
@@ -150,6 +153,7 @@ pub struct Authority {
     crl_dirty: mpsc::UnboundedSender<String>,
     cpu: Arc<Semaphore>,
     redeeming: Mutex<HashSet<String>>,
+    ticket_gate: crate::tickets::TicketGate,
     data_dir: PathBuf,
     passphrase: Arc<crate::keys::Passphrase>,
     limits: Arc<crate::limits::RateLimits>,
@@ -295,6 +299,7 @@ impl Authority {
             crl_dirty: tx,
             cpu: Arc::new(Semaphore::new(cores)),
             redeeming: Mutex::new(HashSet::new()),
+            ticket_gate: crate::tickets::TicketGate::new(),
             data_dir,
             passphrase,
             limits: Arc::new(crate::limits::RateLimits::new(&policy)),
@@ -565,6 +570,71 @@ impl Authority {
         .await
     }
 
+    /// Decides a redemption attempt, inside the number's turn: the ticket if it is `Active`,
+    /// has attempts left and the password is right; else one answer for every bad credential
+    /// (unknown number, wrong password, locked, redeemed, expired, cancelled: issue #12 item 4),
+    /// each after the same work, a MAC and a durable write that counts the failure whatever
+    /// the ticket's state. Once a ticket's attempts are used up its password is no longer
+    /// tested at all, so a redeemed ticket's password (also its bundle's password, in the
+    /// default mode) cannot be probed past the lockout either.
+    async fn admit(
+        &self,
+        caller: &Caller,
+        req: &Redemption,
+        ticket: Option<TicketRecord>,
+        now: OffsetDateTime,
+    ) -> Result<TicketRecord, CaError> {
+        let store = self.store.clone();
+        let Some(ticket) = ticket else {
+            let _ = self.mac.verify(&req.number, &req.password, &[0u8; 32]);
+            // A keyed hash, never the number: it may be a password typed into the wrong field
+            // (issue #12 item 5).
+            let tag = self.mac.unknown_number_tag(&req.number);
+            let event = AuditEvent {
+                actor: caller.actor(),
+                action: "ticket.unknown_number".into(),
+                target: tag.clone(),
+                detail: String::new(),
+            };
+            let _ =
+                blocking(move || store.append_audit(event).map(|_| ()).map_err(store_err)).await;
+            tracing::info!(ticket = %tag, outcome = "unknown_number", "redemption refused");
+            return Err(CaError::BadTicketCredentials);
+        };
+        let max = self.policy.tickets.max_attempts;
+        let state = ticket.effective_state(now);
+        let exhausted = ticket.failed_attempts >= max || state == TicketState::Locked;
+        let right = if exhausted {
+            // Never test a password once the attempts are used up: no oracle after the lockout.
+            let _ = self.mac.verify(&req.number, &req.password, &[0u8; 32]);
+            false
+        } else {
+            self.mac
+                .verify(&req.number, &req.password, &ticket.password_mac)
+        };
+        if right && state == TicketState::Active {
+            return Ok(ticket);
+        }
+        let n = req.number.clone();
+        let event = AuditEvent {
+            actor: caller.actor(),
+            action: "ticket.locked".into(),
+            target: format!("ticket:{}", req.number),
+            detail: format!("{max} wrong passwords"),
+        };
+        let counted = blocking(move || {
+            store
+                .record_failed_attempt(&n, max, now, event)
+                .map_err(store_err)
+        })
+        .await;
+        // A failure that could not be counted is not answered as one: the count is the lockout.
+        let t = counted?;
+        tracing::info!(ticket = %req.number, state = %state, failed_attempts = t.failed_attempts,
+            locked = (t.state == TicketState::Locked), "redemption refused");
+        Err(CaError::BadTicketCredentials)
+    }
+
     /// Redeems a ticket once: key, certificate, PKCS#12 (and .mobileconfig), durably recorded
     /// before this returns.
     pub async fn redeem_ticket(
@@ -600,71 +670,21 @@ impl Authority {
     ) -> Result<Bundle, CaError> {
         crate::storage::check_room()?;
         if !self.limits.allow_ticket(&req.number) {
-            tracing::warn!(ticket = %req.number, "ticket redemption rate limit hit");
+            tracing::warn!(ticket = %self.mac.unknown_number_tag(&req.number),
+                "ticket redemption rate limit hit");
             return Err(CaError::ResourceExhausted(
                 "too many attempts for this ticket; wait a minute".into(),
             ));
         }
+        // One attempt at a time per number, up to its durable outcome (issue #12 item 4).
+        let _turn = self.ticket_gate.turn(&req.number).await;
         let now = OffsetDateTime::now_utc();
         let ticket = {
             let store = self.store.clone();
             let n = req.number.clone();
             blocking(move || store.ticket(&n).map_err(store_err)).await?
         };
-        let Some(ticket) = ticket else {
-            // Same work as a wrong password (a MAC and a durable write: probing is audited),
-            // so the latency does not tell an unknown number from a wrong password.
-            let _ = self.mac.verify(&req.number, &req.password, &[0u8; 32]);
-            let store = self.store.clone();
-            let event = AuditEvent {
-                actor: caller.actor(),
-                action: "ticket.unknown_number".into(),
-                target: format!("ticket:{}", req.number),
-                detail: String::new(),
-            };
-            let _ =
-                blocking(move || store.append_audit(event).map(|_| ()).map_err(store_err)).await;
-            tracing::info!(ticket = %req.number, outcome = "unknown_number", "redemption refused");
-            return Err(CaError::BadTicketCredentials);
-        };
-        let state = ticket.effective_state(now);
-        if state == TicketState::Locked {
-            // Never test a password against a locked ticket: no oracle after the lockout.
-            tracing::info!(ticket = %req.number, outcome = "locked", "redemption refused");
-            return Err(CaError::BadTicketCredentials);
-        }
-        if !self
-            .mac
-            .verify(&req.number, &req.password, &ticket.password_mac)
-        {
-            if state == TicketState::Active {
-                let store = self.store.clone();
-                let n = req.number.clone();
-                let max = self.policy.tickets.max_attempts;
-                let event = AuditEvent {
-                    actor: caller.actor(),
-                    action: "ticket.locked".into(),
-                    target: format!("ticket:{}", req.number),
-                    detail: format!("{max} wrong passwords"),
-                };
-                let t = blocking(move || {
-                    store
-                        .record_failed_attempt(&n, max, now, event)
-                        .map_err(store_err)
-                })
-                .await;
-                if let Ok(t) = t {
-                    tracing::warn!(ticket = %req.number, failed_attempts = t.failed_attempts,
-                        locked = (t.state == TicketState::Locked), outcome = "wrong_password",
-                        "redemption refused");
-                }
-            }
-            return Err(CaError::BadTicketCredentials);
-        }
-        if state != TicketState::Active {
-            tracing::info!(ticket = %req.number, state = %state, "redemption refused");
-            return Err(CaError::TicketNotRedeemable { state });
-        }
+        let ticket = self.admit(caller, &req, ticket, now).await?;
 
         let _guard = {
             let mut set = self
@@ -712,7 +732,17 @@ impl Authority {
             .map_err(|_| CaError::Unavailable("shutting down".into()))?;
         let this = self.clone();
         let actor = caller.actor();
-        let password = req.password.clone();
+        // Issue #12 item 10: the bundle's own random password (80 bits) if the policy says so,
+        // else the ticket password (the manual's flow).
+        let bundle_password = match self.policy.tickets.bundle_password {
+            pki_policy::BundlePassword::Ticket => None,
+            pki_policy::BundlePassword::Random => {
+                Some(crate::tickets::random_bundle_password().map_err(CaError::internal)?)
+            }
+        };
+        let password = bundle_password
+            .clone()
+            .unwrap_or_else(|| req.password.clone());
         let issuer2 = issuer.clone();
         let built = blocking(move || {
             let enrollee = &ticket.enrollee;
@@ -796,9 +826,9 @@ impl Authority {
             this.store
                 .redeem_ticket(&ticket.number, &ticket.password_mac, now, &record, event)
                 .map_err(|e| match e {
-                    StoreError::StateMismatch { actual } => {
-                        CaError::TicketNotRedeemable { state: actual }
-                    }
+                    // Cancelled (or revoked) while this attempt was building: answered like
+                    // every other bad credential (issue #12 item 4).
+                    StoreError::StateMismatch { .. } => CaError::BadTicketCredentials,
                     e => store_err(e),
                 })?;
             tracing::info!(ticket = %ticket.number, serial = %leaf.serial_hex, issuer = %issuer2.id,
@@ -827,6 +857,7 @@ impl Authority {
             certificate_der: leaf.der,
             chain_der: chain,
             not_after: leaf.not_after,
+            bundle_password,
         })
     }
 
@@ -880,15 +911,16 @@ impl Authority {
     }
 
     /// Revokes by target; returns every matched certificate (already revoked ones keep their
-    /// original revocation). Durable and audited before it returns; the CRL follows within a
-    /// second.
+    /// original revocation) and how many of the target's active tickets were cancelled with
+    /// it (device, person and facility targets, in the same transaction: issue #12 item 6).
+    /// Durable and audited before it returns; the CRL follows within a second.
     pub async fn revoke(
         self: &Arc<Self>,
         caller: &Caller,
         target: RevokeTarget,
         reason: RevocationReason,
         invalidity_date: Option<OffsetDateTime>,
-    ) -> Result<Vec<CertRecord>, CaError> {
+    ) -> Result<(Vec<CertRecord>, usize), CaError> {
         let now = OffsetDateTime::now_utc();
         if invalidity_date.is_some_and(|d| d > now) {
             return Err(CaError::invalid("invalidity_date", "lies in the future"));
@@ -910,16 +942,24 @@ impl Authority {
             target: target_s.clone(),
             detail: format!("reason={reason}"),
         };
+        let cancel_event = AuditEvent {
+            actor: caller.actor(),
+            action: "ticket.cancelled".into(),
+            target: String::new(),
+            detail: format!("reason={reason}"),
+        };
         let store = self.store.clone();
         let t2 = target.clone();
-        let certs = blocking(move || {
-            store.revoke(&t2, &revocation, event).map_err(|e| match e {
-                StoreError::NotFound { .. } => CaError::NotFound {
-                    what: "certificate",
-                    id: target_s,
-                },
-                e => store_err(e),
-            })
+        let (certs, cancelled) = blocking(move || {
+            store
+                .revoke_and_cancel_tickets(&t2, &revocation, event, cancel_event, now)
+                .map_err(|e| match e {
+                    StoreError::NotFound { .. } => CaError::NotFound {
+                        what: "certificate",
+                        id: target_s,
+                    },
+                    e => store_err(e),
+                })
         })
         .await?;
         let mut dirty = HashSet::new();
@@ -931,8 +971,9 @@ impl Authority {
             let _ = self.crl_dirty.send(d);
         }
         metrics::metrics().revocations.inc_by(certs.len() as u64);
-        tracing::info!(count = certs.len(), reason = %reason, "revoked");
-        Ok(certs)
+        tracing::info!(count = certs.len(), cancelled_tickets = cancelled.len(), reason = %reason,
+            "revoked");
+        Ok((certs, cancelled.len()))
     }
 
     /// Status of a serial for `CheckStatus`.

@@ -54,6 +54,18 @@ pub enum Command {
     /// Audit log operations.
     #[command(subcommand, after_help = "Example:\n  ca-daemon audit verify --json")]
     Audit(AuditCommand),
+    /// Service client certificates: issue, revoke (the service CA's CRL).
+    #[command(
+        subcommand,
+        after_help = "Example:\n  ca-daemon service issue --role portal --name portal-2 --out ./portal-2\n  ca-daemon service revoke --cert ./portal-1.crt"
+    )]
+    Service(crate::service_ca::cli::ServiceCommand),
+    /// Authentication record of pki.toml, service-ca.crt and server.crt: seal, verify.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  ca-daemon integrity verify --data-dir /var/lib/ca-daemon --passphrase-file /etc/ca-daemon/passphrase"
+    )]
+    Integrity(crate::integrity::cli::IntegrityCommand),
     /// Issuers, certificate counts, CRL numbers and ages, tickets by state.
     #[command(after_help = "Example:\n  ca-daemon status --json")]
     Status(ClientArgs),
@@ -593,6 +605,14 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Init(a) => init(a).await,
         Command::Ticket(t) => ticket(t).await,
         Command::Revoke(a) => revoke(a).await,
+        Command::Service(c) => tokio::task::spawn_blocking(move || crate::service_ca::cli::run(c))
+            .await
+            .map_err(|e| CliError::new(e.to_string()))?
+            .map_err(CliError::new),
+        Command::Integrity(c) => tokio::task::spawn_blocking(move || crate::integrity::cli::run(c))
+            .await
+            .map_err(|e| CliError::new(e.to_string()))?
+            .map_err(CliError::new),
         Command::Crl(CrlCommand::Root(a)) => {
             let pf = a
                 .root_passphrase_file
@@ -1238,11 +1258,15 @@ async fn revoke(a: RevokeArgs) -> Result<(), CliError> {
         .await?
         .into_inner();
     if a.client.json {
-        print_json(serde_json::json!({"revoked_serials": r.revoked_serials}));
+        print_json(serde_json::json!({"revoked_serials": r.revoked_serials,
+            "cancelled_tickets": r.cancelled_tickets}));
     } else {
         println!("revoked {} certificate(s):", r.revoked_serials.len());
         for s in r.revoked_serials {
             println!("  {s}");
+        }
+        if r.cancelled_tickets > 0 {
+            println!("cancelled {} active ticket(s)", r.cancelled_tickets);
         }
     }
     Ok(())

@@ -477,12 +477,12 @@ mod tests {
 
     fn pki() -> (tempfile::TempDir, crate::pki::LoadedPki) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let pass = Passphrase::from_bytes(b"test passphrase").expect("passphrase");
+        let pass = Passphrase::from_bytes(b"issue test passphrase").expect("passphrase");
         let mut opts =
             crate::pki::InitOptions::new(dir.path().join("d"), pass, "http://127.0.0.1:8080");
-        opts.kdf = KdfParams::test_fast();
+        opts.kdf = KdfParams::PRODUCTION_FLOOR;
         crate::pki::init(&opts).expect("init");
-        let pass = Passphrase::from_bytes(b"test passphrase").expect("passphrase");
+        let pass = Passphrase::from_bytes(b"issue test passphrase").expect("passphrase");
         let loaded = crate::pki::load(&dir.path().join("d"), &pass).expect("load");
         (dir, loaded)
     }

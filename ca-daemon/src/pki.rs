@@ -532,6 +532,7 @@ impl InitOptions {
             .map_err(io_err(&path))?;
         let mut opts = InitOptions::new(data_dir, passphrase, url_base);
         opts.dev = true;
+        opts.kdf = KdfParams::dev();
         Ok(opts)
     }
 }
@@ -912,6 +913,18 @@ fn new_issuer(
     )?;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    // Issue #12 item 7: whoever holds the online issuing key must not be able to mint TLS
+    // server certificates that enrolled devices trust. Windows, Apple, NSS and Chrome enforce
+    // EKU down the chain, so an issuing CA limited to clientAuth can only issue client
+    // certificates. OCSPSigning stays in the set because the CA's own delegated OCSP responder
+    // (id-kp-OCSPSigning) is under it: with clientAuth alone, the same chain rule makes
+    // Windows refuse the responder's answers. No nameConstraints: the leaves carry no DNS or
+    // IP names to constrain (SAN is a `urn:pki:device:` URI, which RFC 5280 URI constraints do
+    // not cover), and the EKU already takes away the server use.
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ClientAuth,
+        ExtendedKeyUsagePurpose::OcspSigning,
+    ];
     p.use_authority_key_identifier_extension = true;
     // No CRL distribution point: see "Revocation profile" in the module doc. The root CRL
     // (no IDP) covers every issuer by its issuer name alone.
@@ -1170,6 +1183,53 @@ fn validate_url_base(url_base: &str) -> Result<String, PkiError> {
     Ok(trimmed.to_owned())
 }
 
+/// Issue #12 item 9: refuses Argon2id parameters below the floor for new sealed keys
+/// ([`KdfParams::PRODUCTION_FLOOR`], or [`KdfParams::DEV_FLOOR`] for a dev PKI).
+pub fn check_kdf_floor(kdf: KdfParams, dev: bool) -> Result<(), PkiError> {
+    let floor = if dev {
+        KdfParams::DEV_FLOOR
+    } else {
+        KdfParams::PRODUCTION_FLOOR
+    };
+    if kdf.meets(floor) {
+        Ok(())
+    } else {
+        Err(PkiError::InvalidOption {
+            option: "kdf",
+            reason: format!(
+                "Argon2id m={} KiB t={} is below the floor m={} KiB t={}{}",
+                kdf.m_cost_kib,
+                kdf.t_cost,
+                floor.m_cost_kib,
+                floor.t_cost,
+                if dev { " (dev)" } else { "" }
+            ),
+        })
+    }
+}
+
+/// Minimum length of a production passphrase, in bytes.
+pub const MIN_PASSPHRASE_LEN: usize = 16;
+
+/// Issue #12 item 9: a production passphrase must be at least [`MIN_PASSPHRASE_LEN`] bytes
+/// with at least 8 distinct bytes (refuses short ones, and `aaaaaaaaaaaaaaaa`-like ones). The
+/// sealed files fall to an offline search of the passphrase, whatever the KDF: e.g. 4 random
+/// diceware words (~51 bits) or `openssl rand -base64 24` pass.
+fn check_passphrase_strength(option: &'static str, p: &Passphrase) -> Result<(), PkiError> {
+    let bytes = p.expose();
+    let distinct = bytes.iter().collect::<std::collections::HashSet<_>>().len();
+    if bytes.len() < MIN_PASSPHRASE_LEN || distinct < 8 {
+        return Err(PkiError::InvalidOption {
+            option,
+            reason: format!(
+                "too weak: use at least {MIN_PASSPHRASE_LEN} characters with at least 8 \
+                 different ones (e.g. `openssl rand -base64 24`)"
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn validate_days(option: &'static str, days: u32) -> Result<(), PkiError> {
     // 100 years keeps date arithmetic far from overflow.
     if days == 0 || days > 36_525 {
@@ -1205,6 +1265,13 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, PkiError> {
         parse_server_name(n)?;
     }
     // Fail on bad KDF parameters before creating anything.
+    check_kdf_floor(opts.kdf, opts.dev)?;
+    if !opts.dev {
+        check_passphrase_strength("passphrase", &opts.passphrase)?;
+        if let Some(root) = &opts.root_passphrase {
+            check_passphrase_strength("root_passphrase", root)?;
+        }
+    }
     sealed::seal(b"", &opts.passphrase, "probe", opts.kdf).map_err(seal_err(&opts.data_dir))?;
 
     let layout = Layout::new(&opts.data_dir);
@@ -1315,7 +1382,9 @@ fn build_pki(
                 &service_ca.der,
                 &service_ca.key.key_pair,
                 role,
-                opts.service_validity_days,
+                // Short-lived (issue #12 item 8): renew with `ca-daemon service issue`.
+                opts.service_validity_days
+                    .min(crate::service_ca::DEFAULT_CLIENT_VALIDITY_DAYS),
             )?,
         ));
     }
@@ -1344,6 +1413,8 @@ fn build_pki(
         root_crl_number: 1,
     }
     .write(staging, Overwrite::Refuse)?;
+    // Issue #12 item 9: authenticate pki.toml, service-ca.crt and server.crt.
+    crate::integrity::seal(staging, pepper.as_ref())?;
 
     // Files outside keys/. No PKI exists yet, so leftovers of an interrupted init are replaced.
     let mut dev_files = Vec::new();
@@ -1568,6 +1639,8 @@ pub fn load(data_dir: &Path, passphrase: &Passphrase) -> Result<LoadedPki, PkiEr
             reason: format!("pepper is {} bytes, expected {PEPPER_LEN}", pepper.len()),
         });
     }
+    // Issue #12 item 9: refuse files changed without the passphrase.
+    crate::integrity::verify(&layout, &pepper)?;
     tracing::info!(
         data_dir = %data_dir.display(),
         issuers = issuers.len(),
@@ -1648,6 +1721,8 @@ pub fn rotate_issuer(
         new?
     };
     let (new, root_crl) = new;
+    // pki.toml is authenticated at load (integrity record); the floor holds regardless.
+    check_kdf_floor(meta.seal_kdf, meta.dev)?;
     let final_dir = layout.issuer_dir(&new.id);
     if std::fs::symlink_metadata(&final_dir).is_ok() || meta.issuers.contains(&new.id) {
         return Err(PkiError::IssuerExists { id: new.id });
@@ -1765,6 +1840,7 @@ pub fn renew_responder(
     let (_pkcs8, issuer_key) = unseal_key(&key_path, passphrase, &issuer_key_label(issuer_id))?;
     check_key_matches(&issuer_key, &issuer_der, &key_path, &cert_path)?;
     let responder = new_responder(&issuer_der, &issuer_key, issuer_id, days)?;
+    check_kdf_floor(meta.seal_kdf, meta.dev)?;
     seal_to(
         &layout.responder_key(issuer_id),
         &responder.key.pkcs8,
@@ -1796,9 +1872,9 @@ mod tests {
     }
 
     fn opts(dir: &Path) -> InitOptions {
-        let mut o = InitOptions::new(dir, pass("daemon-pass"), "http://127.0.0.1:8080/");
-        o.root_passphrase = Some(pass("root-pass"));
-        o.kdf = KdfParams::test_fast();
+        let mut o = InitOptions::new(dir, pass("daemon-pass-for-tests"), "http://127.0.0.1:8080/");
+        o.root_passphrase = Some(pass("root-pass-for-tests"));
+        o.kdf = KdfParams::PRODUCTION_FLOOR;
         o
     }
 
@@ -1853,11 +1929,26 @@ mod tests {
 
         // Rotation with a wrong daemon passphrase changes nothing.
         let before = std::fs::read(layout.active_issuer())?;
-        assert!(rotate_issuer(dir.path(), &pass("root-pass"), &pass("typo"), 365, 7).is_err());
+        assert!(
+            rotate_issuer(
+                dir.path(),
+                &pass("root-pass-for-tests"),
+                &pass("typo"),
+                365,
+                7
+            )
+            .is_err()
+        );
         assert!(rotate_issuer(dir.path(), &pass("wrong-root"), &o.passphrase, 365, 7).is_err());
         assert_eq!(std::fs::read(layout.active_issuer())?, before);
 
-        let new_id = rotate_issuer(dir.path(), &pass("root-pass"), &o.passphrase, 365, 7)?;
+        let new_id = rotate_issuer(
+            dir.path(),
+            &pass("root-pass-for-tests"),
+            &o.passphrase,
+            365,
+            7,
+        )?;
         assert_ne!(new_id, report.issuer_id);
         let pki = load(dir.path(), &o.passphrase)?;
         assert_eq!(pki.issuers.len(), 2);
@@ -1867,8 +1958,11 @@ mod tests {
         assert_eq!(days, 365);
 
         assert_eq!(PkiMetadata::read(&layout)?.root_crl_number, 2);
-        assert_eq!(refresh_root_crl(dir.path(), &pass("root-pass"))?, 3);
-        assert!(refresh_root_crl(dir.path(), &pass("daemon-pass")).is_err());
+        assert_eq!(
+            refresh_root_crl(dir.path(), &pass("root-pass-for-tests"))?,
+            3
+        );
+        assert!(refresh_root_crl(dir.path(), &pass("daemon-pass-for-tests")).is_err());
         let crl_der = std::fs::read(layout.root_crl())?;
         let (_, crl) = x509_parser::parse_x509_crl(&crl_der)?;
         assert_eq!(
@@ -1916,7 +2010,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("var");
         let mut o = InitOptions::dev(&data, "http://127.0.0.1:8080")?;
-        o.kdf = KdfParams::test_fast();
+        o.kdf = KdfParams::DEV_FLOOR;
         let p = dev_passphrase_path(&data);
         assert_eq!(std::fs::metadata(&p)?.permissions().mode() & 0o777, 0o600);
         assert_eq!(

@@ -169,10 +169,13 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Startup(e.to_string()))?
         .map_err(|e| ServeError::Keys(e.to_string()))?;
 
-    let tls = crate::grpc::server_tls_config(
+    // Issue #12 item 8: client certificates are checked against the service CA's CRL,
+    // reloaded when `ca-daemon service revoke` rewrites it.
+    let tls = crate::grpc::service_crl::server_tls_config_with_crl(
         &pki.service_ca_der,
         &pki.server_cert_der,
         &pki.server_key_pkcs8,
+        crate::service_ca::crl_path(&crate::pki::Layout::new(&opts.data_dir)),
     )
     .map_err(|e| ServeError::Keys(e.to_string()))?;
 

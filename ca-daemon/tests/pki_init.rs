@@ -107,14 +107,14 @@ fn s(p: &Path) -> &str {
 fn dev_opts(data_dir: &Path) -> InitOptions {
     let mut o = InitOptions::dev(data_dir, "http://127.0.0.1:8080")
         .unwrap_or_else(|e| panic!("InitOptions::dev: {e}"));
-    o.kdf = KdfParams::test_fast();
+    o.kdf = KdfParams::DEV_FLOOR;
     o
 }
 
 fn prod_opts(data_dir: &Path) -> InitOptions {
     let pass = Passphrase::from_bytes(PASS.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
     let mut o = InitOptions::new(data_dir, pass, "http://pki.care.example:8080");
-    o.kdf = KdfParams::test_fast();
+    o.kdf = KdfParams::PRODUCTION_FLOOR;
     o
 }
 
@@ -413,6 +413,9 @@ fn dev_init_verifies_with_openssl_and_pkilint() -> TestResult {
             "CA Issuers - URI:http://127.0.0.1:8080/ca/root.crt",
             "NIST CURVE: P-256",
             &format!("CN=ケアネット 端末発行CA {id}"),
+            // Issue #12 item 7: a client-only issuing CA (+ OCSP for its own responder).
+            "X509v3 Extended Key Usage",
+            "TLS Web Client Authentication, OCSP Signing",
         ],
         "issuer",
     );
@@ -420,6 +423,52 @@ fn dev_init_verifies_with_openssl_and_pkilint() -> TestResult {
         !t.contains("CRL Distribution Points"),
         "issuer certificate has a CRL DP (the root CRL has no IDP to match it):\n{t}"
     );
+    assert!(
+        !t.contains("TLS Web Server Authentication") && !t.contains("Any Extended Key Usage"),
+        "the issuing CA must not be usable for TLS servers:\n{t}"
+    );
+    // What a thief of the issuing key could mint: a TLS server certificate for any host. It
+    // must not verify as one (OpenSSL, like Windows/Apple/NSS, applies the CA's EKU), while a
+    // client certificate from the same key still does.
+    let active = loaded.active_issuer().ok_or("no active issuer")?;
+    let signer = active.rcgen_issuer()?;
+    for (purpose, eku, valid) in [
+        (
+            "sslserver",
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            false,
+        ),
+        (
+            "sslclient",
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            true,
+        ),
+    ] {
+        let mut p = rcgen::CertificateParams::new(vec!["bank.example".to_string()])?;
+        p.extended_key_usages = vec![eku];
+        let key = rcgen::KeyPair::generate()?;
+        let minted = p.signed_by(&key, &signer)?;
+        let path = dir.path().join(format!("minted-{purpose}.pem"));
+        std::fs::write(&path, minted.pem())?;
+        let out = run(
+            &openssl,
+            &[
+                "verify",
+                "-CAfile",
+                s(&root),
+                "-untrusted",
+                s(&issuer),
+                "-purpose",
+                purpose,
+                s(&path),
+            ],
+        );
+        assert_eq!(
+            out.ok, valid,
+            "a {purpose} certificate from the issuing key: {}{}",
+            out.stdout, out.stderr
+        );
+    }
     let t = x509_text(&openssl, &responder);
     assert_contains(
         &t,
@@ -674,5 +723,109 @@ fn load_refuses_group_readable_key() -> TestResult {
     assert!(err.to_string().contains("chmod 600"), "{err}");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
     assert!(pki::load(&data, &opts.passphrase).is_ok());
+    Ok(())
+}
+
+/// Issue #12 item 9: the plain files beside the sealed keys are authenticated. With write access
+/// but no passphrase, swapping the service CA (and a server certificate for the same key), or
+/// cheapening the KDF for the next sealed key, makes the PKI refuse to load.
+#[test]
+fn plain_files_changed_without_the_passphrase_refuse_to_load() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("var");
+    let opts = prod_opts(&data);
+    pki::init(&opts)?;
+    let l = Layout::new(&data);
+    pki::load(&data, &opts.passphrase)?;
+    let integrity_err = |what: &str| match pki::load(&data, &opts.passphrase) {
+        Ok(_) => panic!("{what}: loaded"),
+        Err(e) => assert!(
+            e.to_string().contains("integrity.mac"),
+            "{what}: not refused by the integrity record: {e}"
+        ),
+    };
+
+    // 1. A cheaper KDF for new keys in pki.toml (t_cost 2 -> 1).
+    let meta = std::fs::read_to_string(l.metadata())?;
+    let cheap = meta.replace("t_cost = 2", "t_cost = 1");
+    assert_ne!(cheap, meta, "{meta}");
+    std::fs::write(l.metadata(), &cheap)?;
+    integrity_err("pki.toml seal_kdf edited");
+    std::fs::write(l.metadata(), &meta)?;
+    pki::load(&data, &opts.passphrase)?;
+
+    // 2. An attacker's service CA plus a server certificate it signed for the existing server
+    //    key: every check but the integrity record passes.
+    let sca_before = std::fs::read(l.service_ca_cert())?;
+    let server_before = std::fs::read(l.server_cert())?;
+    let server_der = pki::read_cert_pem(&l.server_cert())?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&server_der)?;
+    let spki = rcgen::SubjectPublicKeyInfo::from_der(parsed.public_key().raw)?;
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "attacker service CA");
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let ca = rcgen::Issuer::new(ca_params, &ca_key);
+    let mut sp = rcgen::CertificateParams::new(vec!["localhost".to_string()])?;
+    sp.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let forged_server = sp.signed_by(&spki, &ca)?;
+    std::fs::write(l.service_ca_cert(), ca_cert.pem())?;
+    std::fs::write(l.server_cert(), forged_server.pem())?;
+    integrity_err("service CA swapped");
+    std::fs::write(l.service_ca_cert(), &sca_before)?;
+    std::fs::write(l.server_cert(), &server_before)?;
+    pki::load(&data, &opts.passphrase)?;
+
+    // 3. No record: refused until an operator seals one (`ca-daemon integrity seal`).
+    let record = ca_daemon::integrity::path(&l);
+    std::fs::remove_file(&record)?;
+    integrity_err("record removed");
+    let pass = &opts.passphrase;
+    let pepper = ca_daemon::keys::sealed::read_sealed_file(&l.pepper(), pass, pki::PEPPER_LABEL)?;
+    ca_daemon::integrity::seal(&l, &pepper)?;
+    pki::load(&data, pass)?;
+    Ok(())
+}
+
+/// Issue #12 item 9: KDF parameters below the floor and weak passphrases are refused at `init`
+/// (dev PKIs have a lower floor and no passphrase rule: their passphrase is generated).
+#[test]
+fn init_refuses_a_cheap_kdf_and_a_weak_passphrase() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut o = prod_opts(&dir.path().join("a"));
+    o.kdf = KdfParams::test_fast();
+    let e = pki::init(&o).err().ok_or("cheap KDF accepted")?;
+    assert!(e.to_string().contains("below the floor"), "{e}");
+    assert!(
+        !dir.path().join("a").join("keys").exists(),
+        "nothing created"
+    );
+
+    for weak in ["short-pass", "aaaaaaaaaaaaaaaaaaaa", "abababababababababab"] {
+        let mut o = prod_opts(&dir.path().join("b"));
+        o.passphrase = Passphrase::from_bytes(weak.as_bytes())?;
+        let e = pki::init(&o).err().ok_or("weak passphrase accepted")?;
+        assert!(e.to_string().contains("too weak"), "{weak}: {e}");
+    }
+    let mut o = prod_opts(&dir.path().join("c"));
+    o.root_passphrase = Some(Passphrase::from_bytes(b"root")?);
+    assert!(pki::init(&o).is_err(), "weak root passphrase accepted");
+
+    // Production defaults are RFC 9106's 64 MiB / 3 passes; dev keeps the OWASP baseline.
+    assert_eq!(
+        (
+            KdfParams::production().m_cost_kib,
+            KdfParams::production().t_cost
+        ),
+        (64 * 1024, 3)
+    );
+    let dev = InitOptions::dev(dir.path().join("d"), "http://127.0.0.1:8080")?;
+    assert_eq!(dev.kdf, KdfParams::PRODUCTION_FLOOR);
+    let mut dev_cheap = dev;
+    dev_cheap.kdf = KdfParams::test_fast();
+    assert!(pki::init(&dev_cheap).is_err(), "below the dev floor");
     Ok(())
 }

@@ -282,8 +282,9 @@ async fn redeemer(id: usize, creds: Creds, shared: Arc<Shared>) {
                 drop(l);
                 conn = Some(c);
             }
-            Err(s) if retry && s.code() == Code::FailedPrecondition => {
-                // Redeemed before the crash, but the answer never reached us.
+            Err(s) if retry && s.code() == Code::Unauthenticated => {
+                // Redeemed before the crash, but the answer never reached us (a redeemed
+                // ticket answers like any bad credential, issue #12 item 4).
                 shared.ledger().redeemed_unseen += 1;
                 conn = Some(c);
             }
@@ -620,7 +621,7 @@ async fn check(d: &Daemon, ops: &Creds, shared: &Shared, state: &mut CheckState,
                         "ticket {number} redeemed a second time: serial {}",
                         r.into_inner().serial
                     )),
-                    Err(s) if s.code() == Code::FailedPrecondition => Ok(()),
+                    Err(s) if s.code() == Code::Unauthenticated => Ok(()),
                     Err(s) => Err(format!("second redemption of {number}: {s:?}")),
                 }
             }

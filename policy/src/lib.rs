@@ -41,7 +41,7 @@ pub use limits::{FieldError, FieldProblem, Limits};
 pub use profile::{CertProfile, CertificatePolicy, ExtKeyUsage, KeyType, KeyUsage};
 pub use roles::{MethodGrant, Role, Roles};
 pub use sections::{
-    CaPolicy, CrlPolicy, MAX_VALIDITY_DAYS, OcspPolicy, StoragePolicy, TicketPolicy,
+    BundlePassword, CaPolicy, CrlPolicy, MAX_VALIDITY_DAYS, OcspPolicy, StoragePolicy, TicketPolicy,
 };
 pub use subject::{Placeholder, Subject, SubjectTemplate, Template, X520_UB_NAME};
 pub use urls::{Urls, check_base_url};

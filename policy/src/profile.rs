@@ -175,6 +175,23 @@ impl CertProfile {
             &eku_field,
             &ExtKeyUsage::table(),
         )?;
+        // Issue #12 item 7: the issuing CA's extendedKeyUsage is clientAuth only (verifiers
+        // that enforce EKU down the chain would refuse anything else), so that its key cannot
+        // mint TLS server certificates that enrolled devices trust. A device profile asking for
+        // another purpose is an error here, not a certificate that silently fails to validate.
+        if let Some((i, eku)) = extended_key_usage
+            .iter()
+            .enumerate()
+            .find(|(_, e)| **e != ExtKeyUsage::ClientAuth)
+        {
+            return Err(PolicyError::invalid(
+                format!("{eku_field}[{i}]"),
+                format!(
+                    "`{eku}` is not allowed: device certificates are TLS client certificates \
+                     only (the issuing CA's extendedKeyUsage is clientAuth)"
+                ),
+            ));
+        }
         let subject_field = format!("{path}.subject");
         let subject =
             SubjectTemplate::from_raw(require(raw.subject, &subject_field)?, &subject_field)?;

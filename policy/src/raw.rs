@@ -200,11 +200,13 @@ pub(crate) struct RawTickets {
     pub lifetime_days: Option<i64>,
     pub max_attempts: Option<i64>,
     pub rate_per_ticket_per_minute: Option<i64>,
+    pub bundle_password: Option<String>,
 }
 merge_plain!(RawTickets {
     lifetime_days,
     max_attempts,
     rate_per_ticket_per_minute,
+    bundle_password,
 });
 
 /// `[limits]`

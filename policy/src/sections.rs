@@ -137,6 +137,28 @@ pub struct TicketPolicy {
     pub max_attempts: u32,
     /// Redemption attempts allowed per ticket number and minute (right or wrong).
     pub rate_per_ticket_per_minute: u32,
+    /// What protects the PKCS#12 bundle (issue #12 item 10).
+    pub bundle_password: BundlePassword,
+}
+
+/// `[tickets] bundle_password`: the password of the PKCS#12 bundle a redemption returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundlePassword {
+    /// `"ticket"`: the ticket password (8 digits, ~26.6 bits), the network manual's flow.
+    Ticket,
+    /// `"random"`: a fresh random password of at least 80 bits per bundle, returned once in
+    /// `RedeemTicketResponse.bundle_password` for the portal to show on the download page.
+    Random,
+}
+
+impl BundlePassword {
+    /// The name used in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ticket => "ticket",
+            Self::Random => "random",
+        }
+    }
 }
 
 impl TicketPolicy {
@@ -151,6 +173,16 @@ impl TicketPolicy {
                 1,
                 600,
             )?,
+            bundle_password: match raw.bundle_password.as_deref() {
+                None | Some("ticket") => BundlePassword::Ticket,
+                Some("random") => BundlePassword::Random,
+                Some(other) => {
+                    return Err(PolicyError::InvalidValue {
+                        field: "tickets.bundle_password".into(),
+                        reason: format!("'{other}' is neither \"ticket\" nor \"random\""),
+                    });
+                }
+            },
         })
     }
 

@@ -27,6 +27,15 @@ fn assert_field(err: &PolicyError, field: &str) {
     );
 }
 
+#[test]
+fn bundle_password_mode_is_ticket_by_default_random_on_request_and_checked() {
+    assert_eq!(load("").tickets.bundle_password, BundlePassword::Ticket);
+    let p = load("[tickets]\nbundle_password = \"random\"\n");
+    assert_eq!(p.tickets.bundle_password, BundlePassword::Random);
+    let e = refuse("[tickets]\nbundle_password = \"digits\"\n");
+    assert_field(&e, "tickets.bundle_password");
+}
+
 fn enrollee() -> Enrollee {
     Enrollee {
         facility: Facility {
@@ -139,6 +148,7 @@ fn default_numeric_sections() {
             lifetime_days: 14,
             max_attempts: 5,
             rate_per_ticket_per_minute: 10,
+            bundle_password: crate::BundlePassword::Ticket,
         }
     );
     assert_eq!(
@@ -196,7 +206,7 @@ fn default_has_the_design_section_8_table() {
             Pbes2Aes256,
             HmacSha256,
             16,
-            10_000,
+            100_000,
             false,
             "pfx",
         ),
@@ -207,7 +217,7 @@ fn default_has_the_design_section_8_table() {
             Pbe3Des,
             HmacSha1,
             8,
-            2048,
+            100_000,
             false,
             "pfx",
         ),
@@ -218,7 +228,7 @@ fn default_has_the_design_section_8_table() {
             Pbe3Des,
             HmacSha1,
             8,
-            2048,
+            100_000,
             true,
             "p12",
         ),
@@ -229,7 +239,7 @@ fn default_has_the_design_section_8_table() {
             Pbe3Des,
             HmacSha1,
             8,
-            2048,
+            100_000,
             true,
             "p12",
         ),
@@ -240,7 +250,7 @@ fn default_has_the_design_section_8_table() {
             Pbe3Des,
             HmacSha1,
             8,
-            2048,
+            100_000,
             false,
             "p12",
         ),
@@ -674,6 +684,15 @@ fn key_usage_must_fit_the_key() {
     assert_field(&err, "certificate.profiles.default.key_usage[0]");
     let err = refuse("[certificate.profiles.default]\nextended_key_usage = []\n");
     assert_field(&err, "certificate.profiles.default.extended_key_usage");
+    // Issue #12 item 7: device certificates are TLS clients only.
+    let err = refuse(
+        "[certificate.profiles.default]\nextended_key_usage = [\"client_auth\", \"server_auth\"]\n",
+    );
+    assert_field(&err, "certificate.profiles.default.extended_key_usage[1]");
+    assert!(err.to_string().contains("server_auth"), "{err}");
+    let err =
+        refuse("[certificate.profiles.default]\nextended_key_usage = [\"email_protection\"]\n");
+    assert_field(&err, "certificate.profiles.default.extended_key_usage[0]");
     let err = refuse("[certificate.profiles.default]\nkey = \"ed25519\"\n");
     assert_field(&err, "certificate.profiles.default.key");
     let err = refuse("[certificate]\ndefault_profile = \"missing\"\n");

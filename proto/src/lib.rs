@@ -93,6 +93,7 @@ mod redacted_debug {
                 .field("chain_der", &Len(self.chain_der.len()))
                 .field("not_after", &self.not_after)
                 .field("mobileconfig_file_name", &self.mobileconfig_file_name)
+                .field("bundle_password", &REDACTED)
                 .finish()
         }
     }

@@ -9,6 +9,7 @@
 //! `serve_with_incoming_shutdown`. Handlers find the [`PeerInfo`] in the request extensions.
 
 pub mod auth;
+pub mod service_crl;
 pub mod services;
 pub mod status;
 pub mod tls;

@@ -158,6 +158,11 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
             chain_der: bundle.chain_der,
             not_after: ts(bundle.not_after),
             mobileconfig_file_name: bundle.mobileconfig_file_name,
+            bundle_password: bundle
+                .bundle_password
+                .as_deref()
+                .map(String::from)
+                .unwrap_or_default(),
         }))
     }
 
@@ -263,12 +268,13 @@ impl v1::certificates_server::Certificates for CertificatesService {
             convert::RevokeTarget::Facility(f) => RevokeTarget::Facility(f),
             _ => return Err(CaError::invalid("target", "unsupported revocation target").into()),
         };
-        let certs = self
+        let (certs, cancelled) = self
             .authority
             .revoke(&who, target, req.reason, req.invalidity_date)
             .await?;
         Ok(Response::new(v1::RevokeResponse {
             revoked_serials: certs.into_iter().map(|c| c.serial).collect(),
+            cancelled_tickets: u32::try_from(cancelled).unwrap_or(u32::MAX),
         }))
     }
 }

@@ -197,14 +197,43 @@ pub struct KdfParams {
 }
 
 impl KdfParams {
-    /// Production parameters: the OWASP Password Storage Cheat Sheet's Argon2id baseline,
-    /// 19 MiB memory, 2 passes, 1 lane (~30-60 ms per unseal on a server core).
+    /// Production parameters (issue #12 item 9): RFC 9106's second recommended option,
+    /// 64 MiB memory and 3 passes (1 lane), about 3x the OWASP baseline in memory × time. The
+    /// KDF runs once per sealed file at start and at rotation, never per request, so a few
+    /// hundred milliseconds per file are affordable; an offline guess costs as much.
     pub const fn production() -> Self {
         KdfParams {
-            m_cost_kib: 19 * 1024,
-            t_cost: 2,
+            m_cost_kib: 64 * 1024,
+            t_cost: 3,
             p_cost: 1,
         }
+    }
+
+    /// Dev PKIs (`init --dev`, `serve --dev`): the OWASP Argon2id baseline, 19 MiB and 2
+    /// passes (the former production setting), so dev starts stay fast. A dev PKI keeps its
+    /// passphrase beside the keys anyway.
+    pub const fn dev() -> Self {
+        Self::PRODUCTION_FLOOR
+    }
+
+    /// The least a production PKI accepts for new keys (`init`, `issuer rotate`): the OWASP
+    /// Password Storage Cheat Sheet's Argon2id minimum, 19 MiB, 2 passes.
+    pub const PRODUCTION_FLOOR: KdfParams = KdfParams {
+        m_cost_kib: 19 * 1024,
+        t_cost: 2,
+        p_cost: 1,
+    };
+
+    /// The least a dev PKI accepts: 1 MiB, 1 pass. Only for throw-away data.
+    pub const DEV_FLOOR: KdfParams = KdfParams {
+        m_cost_kib: 1024,
+        t_cost: 1,
+        p_cost: 1,
+    };
+
+    /// Whether these parameters cost at least `floor` in memory and passes.
+    pub fn meets(&self, floor: KdfParams) -> bool {
+        self.m_cost_kib >= floor.m_cost_kib && self.t_cost >= floor.t_cost
     }
 
     /// Very cheap parameters for tests only (never use for real keys).

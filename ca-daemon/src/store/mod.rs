@@ -437,9 +437,11 @@ pub trait Store: Send + Sync + 'static {
     /// The ticket with that number, as stored.
     fn ticket(&self, number: &str) -> Result<Option<TicketRecord>, StoreError>;
 
-    /// Atomically counts one wrong password; on reaching `max_attempts` the ticket becomes
-    /// `Locked` and `event_if_locked` is audited. Only for tickets `Active` at `now`, else
-    /// `StateMismatch`. Returns the updated ticket.
+    /// Atomically and durably counts one refused redemption (wrong password, or any password
+    /// on a ticket that is not `Active` at `now`), whatever the ticket's state, so probing a
+    /// redeemed, expired or cancelled ticket's password is counted too (issue #12 item 4). An
+    /// `Active` ticket reaching `max_attempts` becomes `Locked` and `event_if_locked` is
+    /// audited. `NotFound` for an unknown number. Returns the updated ticket.
     fn record_failed_attempt(
         &self,
         number: &str,
@@ -500,6 +502,21 @@ pub trait Store: Send + Sync + 'static {
         revocation: &Revocation,
         event: AuditEvent,
     ) -> Result<Vec<CertRecord>, StoreError>;
+
+    /// [`Store::revoke`], and for a `Device`, `Person` or `Facility` target also cancels, in
+    /// the same transaction, every ticket of that target that is `Active` at `now`, so a ticket
+    /// still in someone's mailbox cannot undo the revocation (issue #12 item 6). Each cancelled
+    /// ticket is audited as `cancel_event` with `target` set to `ticket:<number>` and the
+    /// revocation target appended to the detail. Returns the certificates and the numbers of
+    /// the cancelled tickets.
+    fn revoke_and_cancel_tickets(
+        &self,
+        target: &RevokeTarget,
+        revocation: &Revocation,
+        event: AuditEvent,
+        cancel_event: AuditEvent,
+        now: OffsetDateTime,
+    ) -> Result<(Vec<CertRecord>, Vec<String>), StoreError>;
 
     /// Every revoked certificate of an issuer, ordered by serial (reads each certificate; for
     /// building CRLs prefer [`Store::revocation_entries`]).

@@ -262,6 +262,139 @@ impl SledStore {
         &self.inner.trees[i]
     }
 
+    /// Revokes `target` (see [`Store::revoke`]); with `cancel`, also cancels the target's
+    /// live tickets in the same transaction (see [`Store::revoke_and_cancel_tickets`]).
+    fn revoke_inner(
+        &self,
+        target: &RevokeTarget,
+        revocation: &Revocation,
+        event: AuditEvent,
+        cancel: Option<(AuditEvent, OffsetDateTime)>,
+    ) -> Result<(Vec<CertRecord>, Vec<String>), StoreError> {
+        self.mutate(|| {
+            // Under the writer mutex: no certificate can be added between scan and commit.
+            let serials: Vec<String> = match target {
+                RevokeTarget::Serial(s) => vec![s.clone()],
+                RevokeTarget::Device(id) => self
+                    .index_serials(IDX_DEVICE, id, None)
+                    .collect::<Result<_, _>>()?,
+                RevokeTarget::Person(id) => self
+                    .index_serials(IDX_PERSON, id, None)
+                    .collect::<Result<_, _>>()?,
+                RevokeTarget::Facility(id) => self
+                    .index_serials(IDX_FACILITY, id, None)
+                    .collect::<Result<_, _>>()?,
+            };
+            let bulk = !matches!(target, RevokeTarget::Serial(_));
+            // Also under the writer mutex: no ticket can be created between scan and commit.
+            let live_tickets = match &cancel {
+                Some((_, now)) if bulk => self.live_tickets_of(target, *now)?,
+                _ => Vec::new(),
+            };
+            self.transact(|tx| {
+                let certs = tx.tree(CERTS);
+                let mut out = Vec::with_capacity(serials.len());
+                let mut entries = Vec::new();
+                for serial in &serials {
+                    let Some(mut cert) = tx_get::<CertRecord>(certs, serial)? else {
+                        return abort(StoreError::NotFound {
+                            kind: "certificate",
+                            key: serial.clone(),
+                        });
+                    };
+                    if cert.revocation.is_none() {
+                        cert.revocation = Some(revocation.clone());
+                        certs.insert(serial.as_bytes(), encode(&cert).or_else(abort)?)?;
+                        let entry = RevokedEntry {
+                            serial: serial.clone(),
+                            not_after: cert.not_after,
+                            revocation: revocation.clone(),
+                        };
+                        tx.tree(IDX_REVOKED).insert(
+                            idx_key(&cert.issuer_id, serial),
+                            encode_versioned(REVOKED_KIND, &entry).or_else(abort)?,
+                        )?;
+                        bump_tx(tx, &meta_key(META_REVOKED, &cert.issuer_id))?;
+                        let per_cert = AuditEvent {
+                            target: serial.clone(),
+                            detail: if bulk {
+                                format!("{} (revoking {target})", event.detail)
+                            } else {
+                                event.detail.clone()
+                            },
+                            ..event.clone()
+                        };
+                        entries.push(append_audit_tx(tx, &per_cert)?);
+                    }
+                    out.push(cert);
+                }
+                let mut cancelled = Vec::new();
+                if let Some((cancel_event, now)) = &cancel {
+                    let tickets = tx.tree(TICKETS);
+                    for number in &live_tickets {
+                        let mut t = tx_ticket(tickets, number)?;
+                        if t.effective_state(*now) != TicketState::Active {
+                            continue;
+                        }
+                        t.state = TicketState::Cancelled;
+                        tickets.insert(number.as_bytes(), encode(&t).or_else(abort)?)?;
+                        let per_ticket = AuditEvent {
+                            target: format!("ticket:{number}"),
+                            detail: format!("{} (revoking {target})", cancel_event.detail),
+                            ..cancel_event.clone()
+                        };
+                        entries.push(append_audit_tx(tx, &per_ticket)?);
+                        cancelled.push(number.clone());
+                    }
+                    if bulk {
+                        // One entry with the count, also when it is 0: the record shows the
+                        // revocation left no live ticket behind.
+                        let summary = AuditEvent {
+                            action: "revocation.tickets_cancelled".into(),
+                            target: target.to_string(),
+                            detail: format!(
+                                "{} active tickets cancelled (revoking {target})",
+                                cancelled.len()
+                            ),
+                            ..cancel_event.clone()
+                        };
+                        entries.push(append_audit_tx(tx, &summary)?);
+                    }
+                }
+                Ok(((out, cancelled), entries))
+            })
+        })
+    }
+
+    /// Numbers of the tickets `Active` at `now` whose enrollee is the device, person or
+    /// facility `target` names (none for a serial). A scan of the ticket tree: tickets are
+    /// few (live ones expire within the policy's lifetime) and revocation is rare.
+    fn live_tickets_of(
+        &self,
+        target: &RevokeTarget,
+        now: OffsetDateTime,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree(TICKETS).iter() {
+            let (k, v) = kv?;
+            let t: TicketRecord = decode(&v, &String::from_utf8_lossy(&k))?;
+            if t.effective_state(now) != TicketState::Active {
+                continue;
+            }
+            let e = &t.enrollee;
+            let hit = match target {
+                RevokeTarget::Serial(_) => false,
+                RevokeTarget::Device(id) => e.device.id == *id,
+                RevokeTarget::Person(id) => e.person.id == *id,
+                RevokeTarget::Facility(id) => e.facility.id == *id,
+            };
+            if hit {
+                out.push(t.number);
+            }
+        }
+        Ok(out)
+    }
+
     /// Runs `body` (scans plus one [`Self::transact`]) under the writer mutex, then waits
     /// until the change is durable and logs the audit entries it appended.
     fn mutate<A>(
@@ -415,13 +548,10 @@ impl Store for SledStore {
             self.transact(|tx| {
                 let tickets = tx.tree(TICKETS);
                 let mut t = tx_ticket(tickets, number)?;
-                let actual = t.effective_state(now);
-                if actual != TicketState::Active {
-                    return abort(StoreError::StateMismatch { actual });
-                }
+                let active = t.effective_state(now) == TicketState::Active;
                 t.failed_attempts = t.failed_attempts.saturating_add(1);
                 let mut entries = Vec::new();
-                if t.failed_attempts >= max_attempts {
+                if active && t.failed_attempts >= max_attempts {
                     t.state = TicketState::Locked;
                     entries.push(append_audit_tx(tx, &event_if_locked)?);
                 }
@@ -586,63 +716,20 @@ impl Store for SledStore {
         revocation: &Revocation,
         event: AuditEvent,
     ) -> Result<Vec<CertRecord>, StoreError> {
-        self.mutate(|| {
-            // Under the writer mutex: no certificate can be added between scan and commit.
-            let serials: Vec<String> = match target {
-                RevokeTarget::Serial(s) => vec![s.clone()],
-                RevokeTarget::Device(id) => self
-                    .index_serials(IDX_DEVICE, id, None)
-                    .collect::<Result<_, _>>()?,
-                RevokeTarget::Person(id) => self
-                    .index_serials(IDX_PERSON, id, None)
-                    .collect::<Result<_, _>>()?,
-                RevokeTarget::Facility(id) => self
-                    .index_serials(IDX_FACILITY, id, None)
-                    .collect::<Result<_, _>>()?,
-            };
-            let bulk = !matches!(target, RevokeTarget::Serial(_));
-            self.transact(|tx| {
-                let certs = tx.tree(CERTS);
-                let mut out = Vec::with_capacity(serials.len());
-                let mut entries = Vec::new();
-                for serial in &serials {
-                    let Some(mut cert) = tx_get::<CertRecord>(certs, serial)? else {
-                        return abort(StoreError::NotFound {
-                            kind: "certificate",
-                            key: serial.clone(),
-                        });
-                    };
-                    if cert.revocation.is_none() {
-                        cert.revocation = Some(revocation.clone());
-                        certs.insert(serial.as_bytes(), encode(&cert).or_else(abort)?)?;
-                        let entry = RevokedEntry {
-                            serial: serial.clone(),
-                            not_after: cert.not_after,
-                            revocation: revocation.clone(),
-                        };
-                        tx.tree(IDX_REVOKED).insert(
-                            idx_key(&cert.issuer_id, serial),
-                            encode_versioned(REVOKED_KIND, &entry).or_else(abort)?,
-                        )?;
-                        bump_tx(tx, &meta_key(META_REVOKED, &cert.issuer_id))?;
-                        let per_cert = AuditEvent {
-                            target: serial.clone(),
-                            detail: if bulk {
-                                format!("{} (revoking {target})", event.detail)
-                            } else {
-                                event.detail.clone()
-                            },
-                            ..event.clone()
-                        };
-                        entries.push(append_audit_tx(tx, &per_cert)?);
-                    }
-                    out.push(cert);
-                }
-                Ok((out, entries))
-            })
-        })
+        self.revoke_inner(target, revocation, event, None)
+            .map(|(certs, _)| certs)
     }
 
+    fn revoke_and_cancel_tickets(
+        &self,
+        target: &RevokeTarget,
+        revocation: &Revocation,
+        event: AuditEvent,
+        cancel_event: AuditEvent,
+        now: OffsetDateTime,
+    ) -> Result<(Vec<CertRecord>, Vec<String>), StoreError> {
+        self.revoke_inner(target, revocation, event, Some((cancel_event, now)))
+    }
     fn revoked_certificates(&self, issuer_id: &str) -> Result<Vec<CertRecord>, StoreError> {
         // Serials known only by their revocation (reinstated after a restore) have no
         // certificate to return.
@@ -1346,13 +1433,11 @@ pub(crate) mod tests {
             .record_failed_attempt("22222222", 5, T0, ev("ticket.lock", "x"))
             .expect("attempt");
         assert_eq!((t.failed_attempts, t.state), (5, TicketState::Locked));
-        let err = s.record_failed_attempt("22222222", 5, T0, ev("ticket.lock", "x"));
-        assert!(matches!(
-            err,
-            Err(StoreError::StateMismatch {
-                actual: TicketState::Locked
-            })
-        ));
+        // Refusals on a ticket that is no longer active are counted too (issue #12 item 4).
+        let t = s
+            .record_failed_attempt("22222222", 5, T0, ev("ticket.lock", "x"))
+            .expect("attempt on a locked ticket");
+        assert_eq!((t.failed_attempts, t.state), (6, TicketState::Locked));
         // The lock, not each attempt, is audited: create + lock.
         assert_eq!(s.audit_entries(1, 10).expect("audit").len(), 2);
         let err = s.record_failed_attempt("99999999", 5, T0, ev("ticket.lock", "x"));
@@ -1366,6 +1451,81 @@ pub(crate) mod tests {
                 actual: TicketState::Locked
             })
         ));
+    }
+
+    #[test]
+    fn revoking_a_facility_cancels_its_live_tickets_in_the_same_change() {
+        let (_d, s) = store();
+        let c = issue(&s, "10000001", "a1", "fac-1");
+        // Live tickets: two of fac-1 (one for another person), one of fac-2.
+        let mut other_person = ticket("10000002");
+        other_person.enrollee.person.id = "per-2".into();
+        s.create_ticket(&other_person, ev("ticket.create", "x"))
+            .expect("create");
+        s.create_ticket(&ticket("10000003"), ev("ticket.create", "x"))
+            .expect("create");
+        let mut elsewhere = ticket("10000004");
+        elsewhere.enrollee.facility.id = "fac-2".into();
+        s.create_ticket(&elsewhere, ev("ticket.create", "x"))
+            .expect("create");
+        let revocation = Revocation {
+            revoked_at: T0,
+            reason: RevocationReason::CessationOfOperation,
+            invalidity_date: None,
+        };
+        let before = s.audit_entries(1, 100).expect("audit").len();
+        let (certs, cancelled) = s
+            .revoke_and_cancel_tickets(
+                &RevokeTarget::Facility("fac-1".into()),
+                &revocation,
+                ev("certificate.revoked", "facility:fac-1"),
+                ev("ticket.cancelled", "x"),
+                T0,
+            )
+            .expect("revoke");
+        assert_eq!(certs.len(), 1);
+        assert_eq!(certs[0].serial, c.serial);
+        assert_eq!(
+            cancelled,
+            vec!["10000002".to_string(), "10000003".to_string()]
+        );
+        for n in ["10000002", "10000003"] {
+            let t = s.ticket(n).expect("read").expect("exists");
+            assert_eq!(t.state, TicketState::Cancelled, "{n}");
+        }
+        let t = s.ticket("10000004").expect("read").expect("exists");
+        assert_eq!(
+            t.state,
+            TicketState::Active,
+            "another facility's ticket is left alone"
+        );
+        let t = s.ticket("10000001").expect("read").expect("exists");
+        assert_eq!(
+            t.state,
+            TicketState::Redeemed,
+            "a redeemed ticket stays redeemed"
+        );
+        // One entry per revoked certificate, per cancelled ticket, and the count.
+        let entries = s.audit_entries(1, 100).expect("audit");
+        let new = &entries[before..];
+        assert_eq!(new.len(), 4, "{new:?}");
+        assert_eq!(new[1].target, "ticket:10000002");
+        assert_eq!(new[3].action, "revocation.tickets_cancelled");
+        assert!(
+            new[3].detail.starts_with("2 active tickets cancelled"),
+            "{new:?}"
+        );
+        // A serial target cancels nothing; the plain revoke never does.
+        let (_, none) = s
+            .revoke_and_cancel_tickets(
+                &RevokeTarget::Serial(c.serial.clone()),
+                &revocation,
+                ev("certificate.revoked", "serial"),
+                ev("ticket.cancelled", "x"),
+                T0,
+            )
+            .expect("revoke serial");
+        assert!(none.is_empty());
     }
 
     #[test]

@@ -584,10 +584,12 @@ fn generated_debug_of_secret_messages_is_redacted() {
 
     let resp = v1::RedeemTicketResponse {
         pkcs12: vec![0x30, 0x82, 0xab, 0xcd],
+        bundle_password: "7k2m-q9xd-4hbt-0wze".into(),
         ..Default::default()
     };
     let debug = format!("{resp:?}");
     assert!(debug.contains("<4 bytes>"), "{debug}");
+    assert!(!debug.contains("7k2m"), "{debug}");
     assert!(!debug.contains("171"), "{debug}"); // 0xab printed as a number would be 171
 
     let chunk = v1::BackupChunk { data: vec![7; 3] };
