@@ -231,6 +231,10 @@ pub struct TicketCreateArgs {
     /// Who approved the registration.
     #[arg(long, default_value = "ops-cli")]
     pub approved_by: String,
+    /// Renewal: serial of the certificate this ticket renews (same facility, person, device;
+    /// no new approval needed).
+    #[arg(long, default_value = "")]
+    pub renews_serial: String,
 }
 
 /// `ticket redeem`.
@@ -813,6 +817,7 @@ async fn ticket(t: TicketCommand) -> Result<(), CliError> {
                     }),
                     profile: a.profile,
                     approved_by: a.approved_by,
+                    renews_serial: a.renews_serial,
                 })
                 .await?
                 .into_inner();
@@ -977,6 +982,7 @@ async fn status(a: ClientArgs) -> Result<(), CliError> {
         print_json(serde_json::json!({
             "certificates_total": s.certificates_total,
             "certificates_revoked": s.certificates_revoked,
+            "certificates_expiring_within_30_days": s.certificates_expiring_within_30_days,
             "tickets_by_state": s.tickets_by_state,
             "crls": s.crls.iter().map(|c| serde_json::json!({"issuer_id": c.issuer_id, "number": c.number,
                 "this_update": fmt_ts(&c.this_update), "next_update": fmt_ts(&c.next_update), "age_seconds": c.age_seconds})).collect::<Vec<_>>(),
@@ -987,8 +993,8 @@ async fn status(a: ClientArgs) -> Result<(), CliError> {
     print_issuers(&s.issuers, false);
     println!();
     println!(
-        "certificates: {} issued, {} revoked",
-        s.certificates_total, s.certificates_revoked
+        "certificates: {} issued, {} revoked, {} expiring within 30 days (not renewed)",
+        s.certificates_total, s.certificates_revoked, s.certificates_expiring_within_30_days
     );
     let mut states: Vec<_> = s.tickets_by_state.iter().collect();
     states.sort();

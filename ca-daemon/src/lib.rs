@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod ocsp;
 pub mod pkcs12;
 pub mod pki;
+pub mod renewal;
 pub mod server;
 pub mod store;
 pub mod tickets;

@@ -58,6 +58,9 @@ pub struct Metrics {
     pub crl_this_update: Family<IssuerLabel, Gauge>,
     /// Request latency per method.
     pub latency: Family<MethodLabel, Histogram>,
+    /// Certificates neither revoked nor renewed that expire within 30 days (updated by the
+    /// scheduled maintenance, every 30 s).
+    pub certificates_expiring_30d: Gauge,
 }
 
 fn build() -> Metrics {
@@ -104,8 +107,15 @@ fn build() -> Metrics {
         "Request latency by method",
         latency.clone(),
     );
+    let certificates_expiring_30d = Gauge::default();
+    registry.register(
+        "certificates_expiring_within_30_days",
+        "Certificates neither revoked nor renewed whose notAfter lies within 30 days",
+        certificates_expiring_30d.clone(),
+    );
     Metrics {
         registry,
+        certificates_expiring_30d,
         issuances,
         redemptions,
         tickets_created,

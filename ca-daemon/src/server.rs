@@ -182,6 +182,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     .map_err(|e| ServeError::Startup(e.to_string()))?;
     authority.scheduled_maintenance().await;
     tokio::spawn(authority.clone().run_crl_publisher(crl_rx));
+    tokio::spawn(authority.clone().run_supersessions());
 
     let grpc_listener = TcpListener::bind(opts.grpc_listen)
         .await

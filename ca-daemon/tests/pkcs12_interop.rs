@@ -253,6 +253,7 @@ fn build_cases(dir: &Path, chain: &Chain) -> Vec<Case> {
                         display_name: name,
                         organization: ORGANIZATION,
                         serial_hex: &serial_hex(leaf),
+                        device_identity: "F001/P001/D001",
                     })
                     .unwrap_or_else(|e| panic!("{label}: {e}"));
                     let path = dir.join(format!("{label}.mobileconfig"));

@@ -468,5 +468,6 @@ pub fn sample_ticket_request(n: u32, os: v1::TargetOs) -> v1::CreateTicketReques
         }),
         profile: String::new(),
         approved_by: "事務局".into(),
+        renews_serial: String::new(),
     }
 }

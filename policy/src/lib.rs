@@ -33,16 +33,16 @@ mod raw;
 pub mod roles;
 mod sections;
 mod subject;
-mod urls;
 
 pub use error::PolicyError;
 pub use keystore::{BagEncryption, KeystoreProfile, MacAlgorithm};
 pub use limits::{FieldError, FieldProblem, Limits};
 pub use profile::{CertProfile, CertificatePolicy, ExtKeyUsage, KeyType, KeyUsage};
 pub use roles::{MethodGrant, Role, Roles};
-pub use sections::{CaPolicy, CrlPolicy, MAX_VALIDITY_DAYS, OcspPolicy, TicketPolicy};
+pub use sections::{
+    CaPolicy, CrlPolicy, MAX_VALIDITY_DAYS, OcspPolicy, RenewalPolicy, TicketPolicy,
+};
 pub use subject::{Placeholder, Subject, SubjectTemplate, Template, X520_UB_NAME};
-pub use urls::{Urls, check_base_url};
 
 use domain::TargetOs;
 use raw::{Merge, RawPolicy, Replace, require};
@@ -85,8 +85,8 @@ pub struct Policy {
     pub crl: CrlPolicy,
     /// `[ocsp]`
     pub ocsp: OcspPolicy,
-    /// `[urls]`
-    pub urls: Urls,
+    /// `[renewal]`
+    pub renewal: RenewalPolicy,
 }
 
 impl Default for Policy {
@@ -146,7 +146,14 @@ impl Policy {
         let limits = Limits::from_raw(require(raw.limits, "limits")?)?;
         let crl = CrlPolicy::from_raw(require(raw.crl, "crl")?)?;
         let ocsp = OcspPolicy::from_raw(require(raw.ocsp, "ocsp")?, &ca)?;
-        let urls = Urls::from_raw(require(raw.urls, "urls")?)?;
+        let renewal = RenewalPolicy::from_raw(require(raw.renewal, "renewal")?)?;
+        if raw.urls.is_some() {
+            return Err(PolicyError::invalid(
+                "urls",
+                "[urls] was removed: the URLs in certificates derive from the base fixed at \
+                 `ca-daemon init --url-base` (recorded in keys/pki.toml); delete the section",
+            ));
+        }
         Ok(Policy {
             ca,
             certificate,
@@ -157,7 +164,7 @@ impl Policy {
             limits,
             crl,
             ocsp,
-            urls,
+            renewal,
         })
     }
 

@@ -73,7 +73,9 @@ pub(crate) struct RawPolicy {
     pub limits: Option<RawLimits>,
     pub crl: Option<RawCrl>,
     pub ocsp: Option<RawOcsp>,
-    pub urls: Option<RawUrls>,
+    pub renewal: Option<RawRenewal>,
+    /// `[urls]` was removed (the URL base is fixed at init); kept only to refuse it by name.
+    pub urls: Option<serde::de::IgnoredAny>,
 }
 
 impl Merge for RawPolicy {
@@ -88,7 +90,8 @@ impl Merge for RawPolicy {
             limits: self.limits.merge(base.limits),
             crl: self.crl.merge(base.crl),
             ocsp: self.ocsp.merge(base.ocsp),
-            urls: self.urls.merge(base.urls),
+            renewal: self.renewal.merge(base.renewal),
+            urls: self.urls.or(base.urls),
         }
     }
 }
@@ -261,13 +264,15 @@ merge_plain!(RawOcsp {
     resign_before_hours,
 });
 
-/// `[urls]`
+/// `[renewal]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawUrls {
-    pub base: Option<String>,
+pub(crate) struct RawRenewal {
+    pub supersede_after_secs: Option<i64>,
 }
-merge_plain!(RawUrls { base });
+merge_plain!(RawRenewal {
+    supersede_after_secs,
+});
 
 /// Parses a document into its raw form; errors name the field by its dotted path.
 pub(crate) fn parse(input: &str) -> Result<RawPolicy, PolicyError> {

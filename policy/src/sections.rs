@@ -1,4 +1,4 @@
-//! The small numeric sections: `[ca]`, `[tickets]`, `[crl]`, `[ocsp]`.
+//! The small numeric sections: `[ca]`, `[tickets]`, `[crl]`, `[ocsp]`, `[renewal]`.
 //!
 //! Each is validated on its own (ranges) and against the others where they depend on each
 //! other (the OCSP response validity must fit in the responder certificate's renewal margin).
@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::error::PolicyError;
-use crate::raw::{RawCa, RawCrl, RawOcsp, RawTickets, ranged};
+use crate::raw::{RawCa, RawCrl, RawOcsp, RawRenewal, RawTickets, ranged};
 
 const DAY: u64 = 24 * 60 * 60;
 const HOUR: u64 = 60 * 60;
@@ -271,4 +271,31 @@ fn days(n: u32) -> Duration {
 
 fn hours(n: u32) -> Duration {
     Duration::from_secs(u64::from(n) * HOUR)
+}
+
+/// `[renewal]`: what happens to a certificate once a renewal ticket has been redeemed for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewalPolicy {
+    /// Seconds between the redemption of a renewal ticket and the revocation of the renewed
+    /// certificate with reason `superseded` (0 = at once), so the device keeps working until
+    /// the new bundle is installed.
+    pub supersede_after_secs: u32,
+}
+
+impl RenewalPolicy {
+    pub(crate) fn from_raw(raw: RawRenewal) -> Result<Self, PolicyError> {
+        Ok(Self {
+            supersede_after_secs: ranged(
+                raw.supersede_after_secs,
+                "renewal.supersede_after_secs",
+                0,
+                90 * DAY as i64,
+            )?,
+        })
+    }
+
+    /// The grace period before the renewed certificate is superseded.
+    pub fn supersede_after(&self) -> Duration {
+        Duration::from_secs(u64::from(self.supersede_after_secs))
+    }
 }

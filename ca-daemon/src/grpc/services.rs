@@ -32,8 +32,9 @@ fn ticket_state(s: TicketState) -> v1::TicketState {
     }
 }
 
-fn ticket_msg(t: &TicketRecord) -> v1::Ticket {
+fn ticket_msg(t: &TicketRecord, renews_serial: Option<String>) -> v1::Ticket {
     v1::Ticket {
+        renews_serial: renews_serial.unwrap_or_default(),
         number: t.number.clone(),
         state: ticket_state(t.effective_state(OffsetDateTime::now_utc())) as i32,
         expires_at: ts(t.expires_at),
@@ -109,6 +110,7 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
                     enrollee: req.enrollee,
                     profile: req.profile,
                     approved_by: req.approved_by,
+                    renews_serial: req.renews_serial.clone(),
                 },
             )
             .await?;
@@ -116,7 +118,7 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
             number: record.number.clone(),
             password: password.expose().to_string(),
             expires_at: ts(record.expires_at),
-            ticket: Some(ticket_msg(&record)),
+            ticket: Some(ticket_msg(&record, req.renews_serial)),
         }))
     }
 
@@ -158,7 +160,8 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
         let number =
             convert::parse_ticket_number(&request.get_ref().number).map_err(CaError::from)?;
         let t = self.authority.get_ticket(&number).await?;
-        Ok(Response::new(ticket_msg(&t)))
+        let renews = self.authority.ticket_renews(&number).await?;
+        Ok(Response::new(ticket_msg(&t, renews)))
     }
 
     async fn cancel_ticket(
@@ -169,7 +172,8 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
         let number =
             convert::parse_ticket_number(&request.get_ref().number).map_err(CaError::from)?;
         let t = self.authority.cancel_ticket(&who, &number).await?;
-        Ok(Response::new(ticket_msg(&t)))
+        let renews = self.authority.ticket_renews(&number).await?;
+        Ok(Response::new(ticket_msg(&t, renews)))
     }
 }
 
@@ -220,6 +224,12 @@ impl v1::certificates_server::Certificates for CertificatesService {
             device_id: optional_id("device_id", &r.device_id)?,
             issuer_id: None,
             revoked,
+            expiring_before: r
+                .expiring_before
+                .as_ref()
+                .map(|t| convert::time_from_timestamp("expiring_before", t))
+                .transpose()
+                .map_err(CaError::from)?,
         };
         let want_expired = r.status == v1::CertificateState::Expired as i32;
         let want_valid = r.status == v1::CertificateState::Valid as i32;
@@ -477,7 +487,9 @@ impl v1::admin_server::Admin for AdminService {
                 });
             }
         }
+        let expiring = self.authority.expiring_within_days(30).await?;
         Ok(Response::new(v1::StatusResponse {
+            certificates_expiring_within_30_days: expiring,
             issuers,
             tickets_by_state,
             certificates_total: total,
