@@ -1453,6 +1453,141 @@ mod tests {
     }
 
     #[test]
+    fn renewal_schedules_supersession_and_reminders_skip_renewed() {
+        let (_d, s) = store();
+        let issuer = IssuerRecord {
+            version: RECORD_VERSION,
+            id: "issuer-1".into(),
+            state: IssuerState::Active,
+            cert_der: vec![0x30, 0x00],
+            not_before: T0,
+            not_after: T0 + time::Duration::days(1000),
+            created_at: T0,
+        };
+        s.put_issuer(&issuer, ev("issuer", "issuer-1"))
+            .expect("issuer");
+        let soon = T0 + time::Duration::days(20);
+        s.create_ticket(&ticket("10000001"), ev("ticket.create", "1"))
+            .expect("ticket");
+        let old = cert("0a", "10000001", "fac-1", soon);
+        s.redeem_ticket("10000001", &MAC, T0, &old, ev("redeem", "1"))
+            .expect("redeem");
+        let month = T0 + time::Duration::days(30);
+        assert_eq!(s.count_expiring(T0, month).expect("count"), 1);
+        assert_eq!(
+            s.count_expiring(T0, T0 + time::Duration::days(10))
+                .expect("count"),
+            0
+        );
+
+        s.create_renewal_ticket(&ticket("10000002"), "0a", ev("ticket.create", "2"))
+            .expect("renewal ticket");
+        assert_eq!(
+            s.ticket_renews("10000002").expect("read").as_deref(),
+            Some("0a")
+        );
+        assert_eq!(s.ticket_renews("10000001").expect("read"), None);
+        let mut new = cert("0b", "10000002", "fac-1", soon);
+        new.person_id = old.person_id.clone();
+        new.device_id = old.device_id.clone();
+        let due = T0 + time::Duration::days(7);
+        let sup = Supersession {
+            serial: "0a".into(),
+            renewed_by: "0b".into(),
+            due,
+        };
+        s.redeem_renewal("10000002", &MAC, T0, &new, &sup, ev("redeem", "2"))
+            .expect("redeem renewal");
+        assert_eq!(s.renewed_by("0a").expect("read").as_deref(), Some("0b"));
+        assert_eq!(s.next_supersession().expect("next"), Some(sup));
+        // The renewed one is off the reminder list and the count; the new one is on them.
+        assert_eq!(s.count_expiring(T0, month).expect("count"), 1);
+        let reminders = s
+            .list_certificates(
+                &CertFilter {
+                    expiring_before: Some(month),
+                    ..Default::default()
+                },
+                None,
+                10,
+            )
+            .expect("list");
+        assert_eq!(
+            reminders
+                .iter()
+                .map(|c| c.serial.as_str())
+                .collect::<Vec<_>>(),
+            ["0b"]
+        );
+
+        let revocation = Revocation {
+            revoked_at: due,
+            reason: RevocationReason::Superseded,
+            invalidity_date: None,
+        };
+        let early = s
+            .apply_due_supersessions(
+                due - time::Duration::seconds(1),
+                10,
+                &revocation,
+                ev("r", ""),
+            )
+            .expect("apply early");
+        assert!(early.is_empty());
+        assert!(
+            !s.certificate("0a")
+                .expect("read")
+                .expect("exists")
+                .is_revoked()
+        );
+        let applied = s
+            .apply_due_supersessions(due, 10, &revocation, ev("revoke", ""))
+            .expect("apply");
+        assert_eq!(applied.len(), 1);
+        let stored = s.certificate("0a").expect("read").expect("exists");
+        assert_eq!(stored.revocation, Some(revocation.clone()));
+        assert_eq!(s.next_supersession().expect("next"), None);
+        assert_eq!(s.revocation_entries("issuer-1").expect("entries").len(), 1);
+        assert_eq!(
+            s.certificate_counts("issuer-1", T0).expect("counts").1,
+            1,
+            "revoked counter"
+        );
+        let last = s
+            .audit_entries(1, 100)
+            .expect("audit")
+            .pop()
+            .expect("entry");
+        assert_eq!(last.target, "0a");
+
+        // A revoked certificate cannot be renewed, and nothing of the attempt is stored.
+        s.create_renewal_ticket(&ticket("10000003"), "0a", ev("ticket.create", "3"))
+            .expect("renewal ticket");
+        let third = cert("0c", "10000003", "fac-1", soon);
+        let err = s.redeem_renewal(
+            "10000003",
+            &MAC,
+            T0,
+            &third,
+            &Supersession {
+                serial: "0a".into(),
+                renewed_by: "0c".into(),
+                due,
+            },
+            ev("redeem", "3"),
+        );
+        assert!(matches!(err, Err(StoreError::Revoked { .. })), "{err:?}");
+        assert_eq!(s.certificate("0c").expect("read"), None);
+        // A dead renewal ticket replaced by a new registration forgets what it renewed.
+        let mut later = ticket("10000003");
+        later.created_at = T0 + time::Duration::days(15);
+        later.expires_at = later.created_at + time::Duration::days(14);
+        s.create_ticket(&later, ev("ticket.create", "3"))
+            .expect("replace dead ticket");
+        assert_eq!(s.ticket_renews("10000003").expect("read"), None);
+    }
+
+    #[test]
     fn ticket_numbers_conflict_only_while_live() {
         let (_d, s) = store();
         s.create_ticket(&ticket("11111111"), ev("ticket.create", "11111111"))

@@ -930,11 +930,13 @@ proptest! {
     fn create_ticket_round_trips(
         facility in domain_facility(), person in domain_person(), device in domain_device(),
         profile in prop::option::of(id()), approved_by in required_text(),
+        renews_serial in prop::option::of("[0-9a-f]{1,40}"),
     ) {
         let c = CreateTicket {
             enrollee: domain::Enrollee { facility, person, device },
             profile,
             approved_by,
+            renews_serial,
         };
         let proto = over_the_wire(&v1::CreateTicketRequest::from(c.clone()));
         prop_assert_eq!(CreateTicket::try_from(proto), Ok(c));
