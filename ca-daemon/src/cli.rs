@@ -97,6 +97,11 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Name (DNS or IP) the gRPC server certificate must carry; repeat for several (the
+    /// certificate is re-issued at start when one is missing) [default: the config's
+    /// server_names].
+    #[arg(long = "server-name")]
+    pub server_names: Vec<String>,
 }
 
 /// `init` flags.
@@ -132,13 +137,10 @@ pub struct InitArgs {
 /// How a client command reaches the daemon.
 #[derive(Debug, Args, Clone)]
 pub struct ClientArgs {
-    /// gRPC endpoint.
-    #[arg(
-        long,
-        default_value = "https://127.0.0.1:50051",
-        env = "CA_DAEMON_SERVER"
-    )]
-    pub server: String,
+    /// gRPC endpoint [default: the address the daemon running on DATA_DIR recorded in
+    /// DATA_DIR/run/daemon.json, else https://127.0.0.1:50051].
+    #[arg(long, env = "CA_DAEMON_SERVER")]
+    pub server: Option<String>,
     /// Data directory whose dev/ holds the certificates (used for defaults below).
     #[arg(long, default_value = "./var")]
     pub data_dir: PathBuf,
@@ -425,8 +427,21 @@ fn read(path: &Path) -> Result<Vec<u8>, CliError> {
     std::fs::read(path).map_err(|e| CliError::new(format!("cannot read {}: {e}", path.display())))
 }
 
+/// The endpoint to call: `--server`, else what the daemon on `--data-dir` recorded, else the
+/// default port on loopback.
+pub fn server_endpoint(args: &ClientArgs) -> String {
+    if let Some(s) = &args.server {
+        return s.clone();
+    }
+    crate::discovery::read(&args.data_dir).map_or_else(
+        || "https://127.0.0.1:50051".to_owned(),
+        |a| crate::discovery::grpc_endpoint(a.grpc),
+    )
+}
+
 /// Connects to the daemon with the client certificate.
 pub async fn connect(args: &ClientArgs) -> Result<Channel, CliError> {
+    let server = server_endpoint(args);
     let dev = args.data_dir.join("dev");
     let ca = read(
         &args
@@ -450,7 +465,7 @@ pub async fn connect(args: &ClientArgs) -> Result<Channel, CliError> {
         .ca_certificate(Certificate::from_pem(ca))
         .identity(Identity::from_pem(cert, key))
         .domain_name("localhost");
-    Channel::from_shared(args.server.clone())
+    Channel::from_shared(server.clone())
         .map_err(|e| CliError::new(format!("bad --server: {e}")))?
         .tls_config(tls)
         .map_err(|e| CliError::new(format!("TLS setup: {e}")))?
@@ -458,7 +473,7 @@ pub async fn connect(args: &ClientArgs) -> Result<Channel, CliError> {
         .timeout(std::time::Duration::from_secs(120))
         .connect()
         .await
-        .map_err(|e| CliError::new(format!("cannot reach {}: {e}", args.server)))
+        .map_err(|e| CliError::new(format!("cannot reach {server}: {e}")))
 }
 
 fn target_os(s: &str) -> Result<v1::TargetOs, CliError> {
@@ -719,6 +734,11 @@ async fn serve(a: ServeArgs) -> Result<(), CliError> {
         passphrase_file: a.passphrase_file.or(file.passphrase_file),
         dev: a.dev,
         url_base: file.url_base,
+        server_names: if a.server_names.is_empty() {
+            file.server_names.unwrap_or_default()
+        } else {
+            a.server_names
+        },
     };
     crate::server::serve(opts).await.map_err(|e| {
         tracing::error!(error = %e, "ca-daemon failed to start");

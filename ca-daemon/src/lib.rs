@@ -7,6 +7,7 @@ pub mod authority;
 pub mod cli;
 pub mod config;
 pub mod crl;
+pub mod discovery;
 pub mod error;
 pub mod grpc;
 pub mod http;
