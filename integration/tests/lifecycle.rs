@@ -146,7 +146,7 @@ async fn renewal_supersedes_the_old_certificate_after_the_grace_period_across_a_
         .await?
         .into_inner();
     assert!(far.certificates.is_empty(), "{:?}", far.certificates);
-    assert_eq!(expiring_list(&d).await?, [old.serial.clone()]);
+    assert_eq!(expiring_list(&d).await?, [old.serial.as_str()]);
     assert_eq!(expiring_count(&d).await?, 1);
 
     // Renewals are refused for another device, and for an unknown serial.
@@ -172,7 +172,7 @@ async fn renewal_supersedes_the_old_certificate_after_the_grace_period_across_a_
     // count no longer name it (it has been renewed), only the new one.
     let good = v1::certificate_status::Status::Good as i32;
     assert_eq!(status_of(&d, &old.serial).await?.0, good);
-    assert_eq!(expiring_list(&d).await?, [new.serial.clone()]);
+    assert_eq!(expiring_list(&d).await?, [new.serial.as_str()]);
     assert_eq!(expiring_count(&d).await?, 1);
     let (code, out, err) = d.cli(&[
         "status",
