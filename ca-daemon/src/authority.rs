@@ -250,7 +250,8 @@ impl Authority {
             Duration::hours(i64::from(policy.ocsp.validity_hours)),
             Duration::hours(i64::from(policy.ocsp.resign_before_hours)),
         )
-        .map_err(CaError::internal)?;
+        .map_err(CaError::internal)?
+        .with_capacity(policy.ocsp.cache_entries as usize);
         let (tx, rx) = mpsc::unbounded_channel();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let auth = Arc::new(Self {

@@ -102,6 +102,9 @@ pub struct ServeArgs {
     /// server_names].
     #[arg(long = "server-name")]
     pub server_names: Vec<String>,
+    /// sled page cache of the store, in MiB [default: the config's store_cache_mib, else 128].
+    #[arg(long)]
+    pub store_cache_mib: Option<u64>,
 }
 
 /// `init` flags.
@@ -734,6 +737,7 @@ async fn serve(a: ServeArgs) -> Result<(), CliError> {
         passphrase_file: a.passphrase_file.or(file.passphrase_file),
         dev: a.dev,
         url_base: file.url_base,
+        store_cache_mib: a.store_cache_mib.or(file.store_cache_mib).unwrap_or(128),
         server_names: if a.server_names.is_empty() {
             file.server_names.unwrap_or_default()
         } else {

@@ -65,6 +65,8 @@ pub struct FileConfig {
     /// wildcard. A missing one makes `serve` re-issue the server certificate at start.
     /// Default: none.
     pub server_names: Option<Vec<String>>,
+    /// sled page cache of the store, in MiB. Default 128 (sled's own default is 1024).
+    pub store_cache_mib: Option<u64>,
 }
 
 impl FileConfig {

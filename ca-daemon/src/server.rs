@@ -41,6 +41,8 @@ pub struct ServeOptions {
     pub url_base: Option<String>,
     /// Names the gRPC server certificate must carry (re-issued at start if one is missing).
     pub server_names: Vec<String>,
+    /// sled page cache, MiB.
+    pub store_cache_mib: u64,
 }
 
 /// Errors that stop the daemon from starting.
@@ -184,11 +186,14 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     .map_err(|e| ServeError::Keys(e.to_string()))?;
 
     let store_dir = crate::pki::Layout::new(&opts.data_dir).store_dir();
+    let cache_bytes = opts.store_cache_mib.saturating_mul(1 << 20);
     let store: Arc<dyn Store> = Arc::new(
-        tokio::task::spawn_blocking(move || crate::store::SledStore::open(&store_dir))
-            .await
-            .map_err(|e| ServeError::Startup(e.to_string()))?
-            .map_err(|e| ServeError::Store(e.to_string()))?,
+        tokio::task::spawn_blocking(move || {
+            crate::store::SledStore::open_with_cache(&store_dir, cache_bytes)
+        })
+        .await
+        .map_err(|e| ServeError::Startup(e.to_string()))?
+        .map_err(|e| ServeError::Store(e.to_string()))?,
     );
     let (authority, crl_rx) = Authority::new(
         pki,

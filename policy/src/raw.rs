@@ -258,10 +258,12 @@ merge_plain!(RawCrl {
 pub(crate) struct RawOcsp {
     pub validity_hours: Option<i64>,
     pub resign_before_hours: Option<i64>,
+    pub cache_entries: Option<i64>,
 }
 merge_plain!(RawOcsp {
     validity_hours,
     resign_before_hours,
+    cache_entries,
 });
 
 /// `[renewal]`

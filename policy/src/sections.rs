@@ -217,6 +217,9 @@ pub struct OcspPolicy {
     pub validity_hours: u32,
     /// Re-sign a cached response when less than this remains before its `nextUpdate`, in hours.
     pub resign_before_hours: u32,
+    /// Most pre-signed responses kept in memory; the least recently used go first and are
+    /// signed again on demand.
+    pub cache_entries: u32,
 }
 
 impl OcspPolicy {
@@ -251,6 +254,7 @@ impl OcspPolicy {
         Ok(Self {
             validity_hours: validity,
             resign_before_hours: before,
+            cache_entries: ranged(raw.cache_entries, "ocsp.cache_entries", 1_000, 10_000_000)?,
         })
     }
 

@@ -96,6 +96,9 @@ const AUDIT_KIND: &str = "audit entry";
 const REVOKED_KIND: &str = "revoked entry";
 const RENEWAL_KIND: &str = "renewal";
 
+/// sled page cache when the caller names none: 128 MiB (sled's own default is 1 GiB).
+pub const DEFAULT_CACHE_BYTES: u64 = 128 << 20;
+
 /// Entries per batch when copying trees for a backup.
 const COPY_BATCH: usize = 10_000;
 
@@ -139,7 +142,32 @@ impl SledStore {
     /// Opens (creating if needed) the store in directory `path`. Fails if another process
     /// has it open, or if it was written by a newer layout.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::open_with(path, true)
+        Self::open_with(path, true, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Self::open`] with sled's page cache bounded to `cache_bytes` (the daemon takes it
+    /// from its config, `store_cache_mib`). sled's own default is 1 GiB, which a store of a
+    /// million certificates fills.
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        Self::open_with(path, true, cache_bytes)
+    }
+
+    /// Bytes of every tree, for footprint measurements: (tree, entries, key bytes, value
+    /// bytes). Reads the whole store.
+    #[doc(hidden)]
+    pub fn tree_stats(&self) -> Result<Vec<(&'static str, u64, u64, u64)>, StoreError> {
+        let mut out = Vec::with_capacity(TREE_NAMES.len());
+        for (i, name) in TREE_NAMES.iter().enumerate() {
+            let (mut n, mut k, mut v) = (0u64, 0u64, 0u64);
+            for kv in self.tree(i).iter() {
+                let (key, value) = kv?;
+                n += 1;
+                k += key.len() as u64;
+                v += value.len() as u64;
+            }
+            out.push((*name, n, k, v));
+        }
+        Ok(out)
     }
 
     /// Opens the store for an offline bulk load (seeding a benchmark, a migration): writes
@@ -149,7 +177,7 @@ impl SledStore {
     /// write is still one transaction). Never use it for a serving daemon.
     #[doc(hidden)]
     pub fn open_for_bulk_load(path: &Path) -> Result<Self, StoreError> {
-        Self::open_with(path, false)
+        Self::open_with(path, false, DEFAULT_CACHE_BYTES)
     }
 
     /// Makes every committed write durable (one flush).
@@ -158,8 +186,11 @@ impl SledStore {
         Ok(())
     }
 
-    fn open_with(path: &Path, durable_writes: bool) -> Result<Self, StoreError> {
-        let db = ::sled::Config::new().path(path).open()?;
+    fn open_with(path: &Path, durable_writes: bool, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = ::sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open()?;
         let trees = TREE_NAMES
             .iter()
             .map(|name| db.open_tree(name))
