@@ -1530,30 +1530,56 @@ impl Authority {
         blocking(move || store.latest_crl(&id).map_err(store_err)).await
     }
 
-    /// A consistent snapshot of the store as one tar archive (for the `Backup` RPC), audited.
-    pub async fn backup_bytes(&self, caller: &Caller) -> Result<Vec<u8>, CaError> {
+    /// A consistent snapshot of the store as one tar archive on disk (for the `Backup` RPC,
+    /// which streams it in chunks: memory stays flat whatever the store's size), audited.
+    /// Returns the private temporary directory holding it (remove it when done) and the
+    /// archive's path.
+    pub async fn backup_archive(&self, caller: &Caller) -> Result<(PathBuf, PathBuf), CaError> {
         let dir = tempfile_dir(&self.data_dir)?;
         let snapshot = dir.join("store");
-        self.backup_to(snapshot.clone()).await?;
+        if let Err(e) = self.backup_to(snapshot.clone()).await {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return Err(e);
+        }
+        let archive = dir.join("store.tar");
+        let tar_path = archive.clone();
         let packed = blocking(move || {
-            let mut builder = tar::Builder::new(Vec::new());
+            let file = std::fs::File::create(&tar_path)
+                .map_err(|e| CaError::internal(format!("creating the archive: {e}")))?;
+            let mut builder = tar::Builder::new(std::io::BufWriter::new(file));
             builder
                 .append_dir_all("store", &snapshot)
                 .and_then(|()| builder.into_inner())
-                .map_err(|e| CaError::internal(format!("packing snapshot: {e}")))
+                .and_then(|w| w.into_inner().map_err(std::io::IntoInnerError::into_error))
+                .map_err(|e| CaError::internal(format!("packing snapshot: {e}")))?;
+            // The copied store is in the archive now; only the archive stays.
+            let _ = std::fs::remove_dir_all(&snapshot);
+            std::fs::metadata(&tar_path)
+                .map(|m| m.len())
+                .map_err(|e| CaError::internal(format!("archive size: {e}")))
         })
         .await;
-        let _ = tokio::fs::remove_dir_all(&dir).await;
-        let bytes = packed?;
+        let len = match packed {
+            Ok(len) => len,
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                return Err(e);
+            }
+        };
         let store = self.store.clone();
         let event = AuditEvent {
             actor: caller.actor(),
             action: "store.backup".into(),
             target: "store".into(),
-            detail: format!("{} bytes", bytes.len()),
+            detail: format!("{len} bytes"),
         };
-        blocking(move || store.append_audit(event).map(|_| ()).map_err(store_err)).await?;
-        Ok(bytes)
+        if let Err(e) =
+            blocking(move || store.append_audit(event).map(|_| ()).map_err(store_err)).await
+        {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return Err(e);
+        }
+        Ok((dir, archive))
     }
 }
 
