@@ -27,7 +27,7 @@ use crate::pki::{self, LoadedIssuer, LoadedPki};
 use crate::promises::Promises;
 use crate::store::{
     AuditEvent, CertFilter, CertRecord, CrlRecord, IssuerRecord, IssuerState, Revocation,
-    RevokeTarget, Store, StoreError, TicketRecord, TicketState,
+    RevokeTarget, Store, StoreError, Supersession, TicketRecord, TicketState,
 };
 use crate::tickets::{TicketMac, TicketPassword, random_digits};
 
@@ -57,8 +57,10 @@ pub struct NewTicket {
     pub enrollee: Enrollee,
     /// Certificate profile name (None = policy default).
     pub profile: Option<String>,
-    /// Who approved the registration (portal user).
+    /// Who approved the registration (portal user); may be empty for a renewal.
     pub approved_by: String,
+    /// Serial of the certificate this ticket renews (None = a new registration).
+    pub renews_serial: Option<String>,
 }
 
 /// A request to redeem a ticket.
@@ -170,6 +172,8 @@ pub struct Authority {
     promises: OnceLock<Arc<Promises>>,
     /// Issuers whose CRL the publication guard is holding back.
     crl_blocked: Mutex<HashSet<String>>,
+    /// Wakes the supersession task when a renewal scheduled a new supersession.
+    supersede_wake: tokio::sync::Notify,
 }
 
 /// Runs blocking (store or CPU) work off the reactor.
@@ -284,7 +288,8 @@ impl Authority {
             Duration::hours(i64::from(policy.ocsp.validity_hours)),
             Duration::hours(i64::from(policy.ocsp.resign_before_hours)),
         )
-        .map_err(CaError::internal)?;
+        .map_err(CaError::internal)?
+        .with_capacity(policy.ocsp.cache_entries as usize);
         let (tx, rx) = mpsc::unbounded_channel();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let auth = Arc::new(Self {
@@ -307,6 +312,7 @@ impl Authority {
             live: watch::channel(Arc::from(Vec::new())).0,
             promises: OnceLock::new(),
             crl_blocked: Mutex::new(HashSet::new()),
+            supersede_wake: tokio::sync::Notify::new(),
         });
         auth.sync_issuer_records()?;
         Ok((auth, rx))
@@ -463,6 +469,25 @@ impl Authority {
             ));
         }
         let now = OffsetDateTime::now_utc();
+        // A renewal: same identity as a certificate that is still valid; the profile defaults
+        // to the renewed certificate's.
+        let profile_name = match &req.renews_serial {
+            Some(serial) => {
+                let old = self.certificate(serial).await?;
+                crate::renewal::check_renewable(&old, &req.enrollee, now)?;
+                match &req.profile {
+                    Some(_) => profile_name,
+                    None => self.original_profile(&old).await.unwrap_or(profile_name),
+                }
+            }
+            None => profile_name,
+        };
+        // A ticket that cannot be redeemed is never created.
+        let profile = self
+            .policy
+            .cert_profile(Some(&profile_name))
+            .map_err(|e| CaError::invalid("profile", e.to_string()))?;
+        crate::renewal::check_subject(profile, &req.enrollee)?;
         let expires_at = now + Duration::days(i64::from(self.policy.tickets.lifetime_days));
         let password = TicketPassword::generate().map_err(CaError::internal)?;
         let this = self.clone();
@@ -490,19 +515,30 @@ impl Authority {
                 action: "ticket.created".into(),
                 target: format!("ticket:{number}"),
                 detail: format!(
-                    "facility={} person={} device={} approved_by={}",
+                    "facility={} person={} device={} approved_by={}{}",
                     record.enrollee.facility.id,
                     record.enrollee.person.id,
                     record.enrollee.device.id,
-                    record.approved_by
+                    record.approved_by,
+                    req.renews_serial
+                        .as_ref()
+                        .map(|s| format!(" renews={s}"))
+                        .unwrap_or_default()
                 ),
             };
             let this2 = this.clone();
             let rec2 = record.clone();
-            let result = blocking(move || match this2.store.create_ticket(&rec2, event) {
-                Ok(()) => Ok(Ok(())),
-                Err(StoreError::Conflict { .. }) => Ok(Err(())),
-                Err(e) => Err(store_err(e)),
+            let renews = req.renews_serial.clone();
+            let result = blocking(move || {
+                let stored = match &renews {
+                    Some(serial) => this2.store.create_renewal_ticket(&rec2, serial, event),
+                    None => this2.store.create_ticket(&rec2, event),
+                };
+                match stored {
+                    Ok(()) => Ok(Ok(())),
+                    Err(StoreError::Conflict { .. }) => Ok(Err(())),
+                    Err(e) => Err(store_err(e)),
+                }
             })
             .await?;
             match result {
@@ -518,6 +554,26 @@ impl Authority {
         Err(CaError::internal(format!(
             "could not find a free ticket number (last tried {last_err:?})"
         )))
+    }
+
+    /// The certificate profile the renewed certificate was issued with, if its ticket is still
+    /// stored and the policy still has the profile.
+    async fn original_profile(&self, cert: &CertRecord) -> Option<String> {
+        let store = self.store.clone();
+        let number = cert.ticket_number.clone();
+        let t = blocking(move || store.ticket(&number).map_err(store_err))
+            .await
+            .ok()??;
+        (t.redeemed_serial.as_deref() == Some(cert.serial.as_str())
+            && self.policy.cert_profile(Some(&t.cert_profile)).is_ok())
+        .then_some(t.cert_profile)
+    }
+
+    /// The serial a ticket renews (None = a new registration).
+    pub async fn ticket_renews(&self, number: &str) -> Result<Option<String>, CaError> {
+        let store = self.store.clone();
+        let n = number.to_string();
+        blocking(move || store.ticket_renews(&n).map_err(store_err)).await
     }
 
     /// Reads a ticket (never the password).
@@ -685,6 +741,18 @@ impl Authority {
             blocking(move || store.ticket(&n).map_err(store_err)).await?
         };
         let ticket = self.admit(caller, &req, ticket, now).await?;
+        // A renewal ticket: the renewed certificate must still be valid (revoked or expired
+        // since the ticket was created: refused, a new registration is needed).
+        let supersede = match self.ticket_renews(&req.number).await? {
+            Some(old_serial) => {
+                let old = self.certificate(&old_serial).await?;
+                crate::renewal::check_renewable(&old, &ticket.enrollee, now)?;
+                Some(old_serial)
+            }
+            None => None,
+        };
+        let grace = Duration::seconds(i64::from(self.policy.renewal.supersede_after_secs));
+        let renewing = supersede.is_some();
 
         let _guard = {
             let mut set = self
@@ -776,7 +844,9 @@ impl Authority {
             let base = format!("{}-{}", enrollee.device.id, &leaf.serial_hex[..8]);
             let file_name = format!("{base}.{}", keystore.file_extension);
             let (mobileconfig, mc_name) = if keystore.mobileconfig {
+                let identity = crate::renewal::device_identity(enrollee);
                 let mc = pkcs12::build_mobileconfig(&MobileconfigInput {
+                    device_identity: &identity,
                     pfx: &pfx,
                     pfx_file_name: &file_name,
                     root_der: &root,
@@ -823,14 +893,40 @@ impl Authority {
                     keystore.name
                 ),
             };
-            this.store
-                .redeem_ticket(&ticket.number, &ticket.password_mac, now, &record, event)
-                .map_err(|e| match e {
-                    // Cancelled (or revoked) while this attempt was building: answered like
-                    // every other bad credential (issue #12 item 4).
-                    StoreError::StateMismatch { .. } => CaError::BadTicketCredentials,
-                    e => store_err(e),
-                })?;
+            let stored = match &supersede {
+                None => this.store.redeem_ticket(
+                    &ticket.number,
+                    &ticket.password_mac,
+                    now,
+                    &record,
+                    event,
+                ),
+                Some(old) => this.store.redeem_renewal(
+                    &ticket.number,
+                    &ticket.password_mac,
+                    now,
+                    &record,
+                    &Supersession {
+                        serial: old.clone(),
+                        renewed_by: record.serial.clone(),
+                        due: now + grace,
+                    },
+                    event,
+                ),
+            };
+            stored.map_err(|e| match e {
+                // Cancelled (or revoked) while this attempt was building: answered like
+                // every other bad credential (issue #12 item 4).
+                StoreError::StateMismatch { .. } => CaError::BadTicketCredentials,
+                StoreError::Revoked { serial } => CaError::WrongState {
+                    what: "the certificate to renew",
+                    state: format!(
+                        "revoked ({serial}); a revoked certificate cannot be renewed, register the device anew"
+                    ),
+                    expected: "valid",
+                },
+                e => store_err(e),
+            })?;
             tracing::info!(ticket = %ticket.number, serial = %leaf.serial_hex, issuer = %issuer2.id,
                 os = %os, keystore = %keystore.name, "ticket redeemed, certificate issued");
             // Warm the OCSP cache so the first status request costs a lookup.
@@ -846,6 +942,14 @@ impl Authority {
         })
         .await?;
         let (leaf, chain, pfx, file_name, mobileconfig, mobileconfig_file_name) = built;
+        if renewing {
+            // Grace period 0: superseded before the answer; otherwise at its deadline.
+            if grace.is_zero() {
+                self.apply_due_supersessions().await;
+            } else {
+                self.supersede_wake.notify_one();
+            }
+        }
 
         Ok(Bundle {
             pkcs12: pfx,
@@ -1399,6 +1503,14 @@ impl Authority {
     pub async fn scheduled_maintenance(self: &Arc<Self>) {
         self.limits.retain_recent();
         self.checkpoint("schedule", false).await;
+        match self.expiring_within_days(30).await {
+            Ok(n) => {
+                metrics::metrics()
+                    .certificates_expiring_30d
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            Err(e) => tracing::error!(error = %e, "counting expiring certificates failed"),
+        }
         self.renew_responders().await;
         // Retiring issuers whose last certificate expired become retired.
         let this = self.clone();
@@ -1503,6 +1615,91 @@ impl Authority {
             tracing::error!(error = %e, "OCSP signing task failed");
             OcspAnswer::try_later()
         })
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Renewals: supersession of renewed certificates, expiry reminders
+
+    /// Revokes (reason `superseded`) every renewed certificate whose grace period has ended;
+    /// the CRL and OCSP follow as for any revocation. Returns how many were revoked.
+    pub async fn apply_due_supersessions(self: &Arc<Self>) -> usize {
+        let mut total = 0;
+        loop {
+            let store = self.store.clone();
+            let now = OffsetDateTime::now_utc();
+            let revocation = Revocation {
+                revoked_at: now.replace_nanosecond(0).unwrap_or(now),
+                reason: RevocationReason::Superseded,
+                invalidity_date: None,
+            };
+            let event = AuditEvent {
+                actor: "daemon".into(),
+                action: "certificate.revoked".into(),
+                target: String::new(),
+                detail: format!("reason={} (renewed; grace period over)", revocation.reason),
+            };
+            const BATCH: usize = 1000;
+            let applied = blocking(move || {
+                store
+                    .apply_due_supersessions(now, BATCH, &revocation, event)
+                    .map_err(store_err)
+            })
+            .await;
+            let certs = match applied {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "applying due supersessions failed");
+                    return total;
+                }
+            };
+            let mut dirty = HashSet::new();
+            for c in &certs {
+                self.ocsp.invalidate(&c.issuer_id, &c.serial);
+                dirty.insert(c.issuer_id.clone());
+            }
+            for d in dirty {
+                let _ = self.crl_dirty.send(d);
+            }
+            if !certs.is_empty() {
+                metrics::metrics().revocations.inc_by(certs.len() as u64);
+                tracing::info!(count = certs.len(), "renewed certificates superseded");
+            }
+            total += certs.len();
+            if certs.len() < BATCH {
+                return total;
+            }
+        }
+    }
+
+    /// Applies due supersessions at start, at each deadline (woken by new renewals) and at
+    /// least once a minute. Runs until the process ends.
+    pub async fn run_supersessions(self: Arc<Self>) {
+        loop {
+            self.apply_due_supersessions().await;
+            let store = self.store.clone();
+            let next = blocking(move || store.next_supersession().map_err(store_err)).await;
+            let mut wait = std::time::Duration::from_secs(60);
+            if let Ok(Some(next)) = next {
+                let until = next.due - OffsetDateTime::now_utc() + Duration::milliseconds(100);
+                wait = wait.min(until.try_into().unwrap_or_default());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.supersede_wake.notified() => {}
+            }
+        }
+    }
+
+    /// Certificates neither revoked nor renewed whose notAfter lies within `days` days.
+    pub async fn expiring_within_days(&self, days: i64) -> Result<u64, CaError> {
+        let store = self.store.clone();
+        blocking(move || {
+            let now = OffsetDateTime::now_utc();
+            store
+                .count_expiring(now, now + Duration::days(days))
+                .map_err(store_err)
+        })
+        .await
     }
 
     // ----------------------------------------------------------------------------------------
@@ -1653,30 +1850,56 @@ impl Authority {
         blocking(move || store.latest_crl(&id).map_err(store_err)).await
     }
 
-    /// A consistent snapshot of the store as one tar archive (for the `Backup` RPC), audited.
-    pub async fn backup_bytes(&self, caller: &Caller) -> Result<Vec<u8>, CaError> {
+    /// A consistent snapshot of the store as one tar archive on disk (for the `Backup` RPC,
+    /// which streams it in chunks: memory stays flat whatever the store's size), audited.
+    /// Returns the private temporary directory holding it (remove it when done) and the
+    /// archive's path.
+    pub async fn backup_archive(&self, caller: &Caller) -> Result<(PathBuf, PathBuf), CaError> {
         let dir = tempfile_dir(&self.data_dir)?;
         let snapshot = dir.join("store");
-        self.backup_to(snapshot.clone()).await?;
+        if let Err(e) = self.backup_to(snapshot.clone()).await {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return Err(e);
+        }
+        let archive = dir.join("store.tar");
+        let tar_path = archive.clone();
         let packed = blocking(move || {
-            let mut builder = tar::Builder::new(Vec::new());
+            let file = std::fs::File::create(&tar_path)
+                .map_err(|e| CaError::internal(format!("creating the archive: {e}")))?;
+            let mut builder = tar::Builder::new(std::io::BufWriter::new(file));
             builder
                 .append_dir_all("store", &snapshot)
                 .and_then(|()| builder.into_inner())
-                .map_err(|e| CaError::internal(format!("packing snapshot: {e}")))
+                .and_then(|w| w.into_inner().map_err(std::io::IntoInnerError::into_error))
+                .map_err(|e| CaError::internal(format!("packing snapshot: {e}")))?;
+            // The copied store is in the archive now; only the archive stays.
+            let _ = std::fs::remove_dir_all(&snapshot);
+            std::fs::metadata(&tar_path)
+                .map(|m| m.len())
+                .map_err(|e| CaError::internal(format!("archive size: {e}")))
         })
         .await;
-        let _ = tokio::fs::remove_dir_all(&dir).await;
-        let bytes = packed?;
+        let len = match packed {
+            Ok(len) => len,
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                return Err(e);
+            }
+        };
         let store = self.store.clone();
         let event = AuditEvent {
             actor: caller.actor(),
             action: "store.backup".into(),
             target: "store".into(),
-            detail: format!("{} bytes", bytes.len()),
+            detail: format!("{len} bytes"),
         };
-        blocking(move || store.append_audit(event).map(|_| ()).map_err(store_err)).await?;
-        Ok(bytes)
+        if let Err(e) =
+            blocking(move || store.append_audit(event).map(|_| ()).map_err(store_err)).await
+        {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return Err(e);
+        }
+        Ok((dir, archive))
     }
 }
 

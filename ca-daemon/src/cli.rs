@@ -181,6 +181,14 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Name (DNS or IP) the gRPC server certificate must carry; repeat for several (the
+    /// certificate is re-issued at start when one is missing) [default: the config's
+    /// server_names].
+    #[arg(long = "server-name")]
+    pub server_names: Vec<String>,
+    /// sled page cache of the store, in MiB [default: the config's store_cache_mib, else 128].
+    #[arg(long)]
+    pub store_cache_mib: Option<u64>,
 }
 
 /// `init` flags.
@@ -216,13 +224,10 @@ pub struct InitArgs {
 /// How a client command reaches the daemon.
 #[derive(Debug, Args, Clone)]
 pub struct ClientArgs {
-    /// gRPC endpoint.
-    #[arg(
-        long,
-        default_value = "https://127.0.0.1:50051",
-        env = "CA_DAEMON_SERVER"
-    )]
-    pub server: String,
+    /// gRPC endpoint [default: the address the daemon running on DATA_DIR recorded in
+    /// DATA_DIR/run/daemon.json, else https://127.0.0.1:50051].
+    #[arg(long, env = "CA_DAEMON_SERVER")]
+    pub server: Option<String>,
     /// Data directory whose dev/ holds the certificates (used for defaults below).
     #[arg(long, default_value = "./var")]
     pub data_dir: PathBuf,
@@ -315,6 +320,10 @@ pub struct TicketCreateArgs {
     /// Who approved the registration.
     #[arg(long, default_value = "ops-cli")]
     pub approved_by: String,
+    /// Renewal: serial of the certificate this ticket renews (same facility, person, device;
+    /// no new approval needed).
+    #[arg(long, default_value = "")]
+    pub renews_serial: String,
 }
 
 /// `ticket redeem`.
@@ -519,8 +528,21 @@ fn read(path: &Path) -> Result<Vec<u8>, CliError> {
     std::fs::read(path).map_err(|e| CliError::new(format!("cannot read {}: {e}", path.display())))
 }
 
+/// The endpoint to call: `--server`, else what the daemon on `--data-dir` recorded, else the
+/// default port on loopback.
+pub fn server_endpoint(args: &ClientArgs) -> String {
+    if let Some(s) = &args.server {
+        return s.clone();
+    }
+    crate::discovery::read(&args.data_dir).map_or_else(
+        || "https://127.0.0.1:50051".to_owned(),
+        |a| crate::discovery::grpc_endpoint(a.grpc),
+    )
+}
+
 /// Connects to the daemon with the client certificate.
 pub async fn connect(args: &ClientArgs) -> Result<Channel, CliError> {
+    let server = server_endpoint(args);
     let dev = args.data_dir.join("dev");
     let ca = read(
         &args
@@ -544,7 +566,7 @@ pub async fn connect(args: &ClientArgs) -> Result<Channel, CliError> {
         .ca_certificate(Certificate::from_pem(ca))
         .identity(Identity::from_pem(cert, key))
         .domain_name("localhost");
-    Channel::from_shared(args.server.clone())
+    Channel::from_shared(server.clone())
         .map_err(|e| CliError::new(format!("bad --server: {e}")))?
         .tls_config(tls)
         .map_err(|e| CliError::new(format!("TLS setup: {e}")))?
@@ -552,7 +574,7 @@ pub async fn connect(args: &ClientArgs) -> Result<Channel, CliError> {
         .timeout(std::time::Duration::from_secs(120))
         .connect()
         .await
-        .map_err(|e| CliError::new(format!("cannot reach {}: {e}", args.server)))
+        .map_err(|e| CliError::new(format!("cannot reach {server}: {e}")))
 }
 
 fn target_os(s: &str) -> Result<v1::TargetOs, CliError> {
@@ -1004,6 +1026,12 @@ async fn serve(a: ServeArgs) -> Result<(), CliError> {
         passphrase_file: a.passphrase_file.or(file.passphrase_file),
         dev: a.dev,
         url_base: file.url_base,
+        store_cache_mib: a.store_cache_mib.or(file.store_cache_mib).unwrap_or(128),
+        server_names: if a.server_names.is_empty() {
+            file.server_names.unwrap_or_default()
+        } else {
+            a.server_names
+        },
     };
     crate::server::serve(opts).await.map_err(|e| match e {
         crate::server::ServeError::RestartRequested => CliError {
@@ -1111,6 +1139,7 @@ async fn ticket(t: TicketCommand) -> Result<(), CliError> {
                     }),
                     profile: a.profile,
                     approved_by: a.approved_by,
+                    renews_serial: a.renews_serial,
                 })
                 .await?
                 .into_inner();
@@ -1279,6 +1308,7 @@ async fn status(a: ClientArgs) -> Result<(), CliError> {
         print_json(serde_json::json!({
             "certificates_total": s.certificates_total,
             "certificates_revoked": s.certificates_revoked,
+            "certificates_expiring_within_30_days": s.certificates_expiring_within_30_days,
             "tickets_by_state": s.tickets_by_state,
             "crls": s.crls.iter().map(|c| serde_json::json!({"issuer_id": c.issuer_id, "number": c.number,
                 "this_update": fmt_ts(&c.this_update), "next_update": fmt_ts(&c.next_update), "age_seconds": c.age_seconds})).collect::<Vec<_>>(),
@@ -1292,8 +1322,8 @@ async fn status(a: ClientArgs) -> Result<(), CliError> {
     print_issuers(&s.issuers, false);
     println!();
     println!(
-        "certificates: {} issued, {} revoked",
-        s.certificates_total, s.certificates_revoked
+        "certificates: {} issued, {} revoked, {} expiring within 30 days (not renewed)",
+        s.certificates_total, s.certificates_revoked, s.certificates_expiring_within_30_days
     );
     let mut states: Vec<_> = s.tickets_by_state.iter().collect();
     states.sort();

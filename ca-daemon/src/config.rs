@@ -59,6 +59,14 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     /// Public base URL embedded in certificates (CRL DP, AIA). Default `http://<http_listen>`.
     pub url_base: Option<String>,
+    /// Host names and IP addresses the gRPC server certificate must name (clients check the
+    /// name they connect to), in addition to the names it has (`localhost`, `127.0.0.1`, `::1`
+    /// from `init`, or its `--server-name`s) and the `grpc_listen` address when that is not a
+    /// wildcard. A missing one makes `serve` re-issue the server certificate at start.
+    /// Default: none.
+    pub server_names: Option<Vec<String>>,
+    /// sled page cache of the store, in MiB. Default 128 (sled's own default is 1024).
+    pub store_cache_mib: Option<u64>,
 }
 
 impl FileConfig {

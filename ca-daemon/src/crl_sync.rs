@@ -206,7 +206,9 @@ async fn connect(args: &ClientArgs, server_name: &str) -> Result<Channel, SyncEr
         .ca_certificate(Certificate::from_pem(ca))
         .identity(Identity::from_pem(cert, key.as_slice()))
         .domain_name(server_name.to_string());
-    Channel::from_shared(args.server.clone())
+    // Resolved at every (re)connect: a restarted daemon may record other ports.
+    let server = crate::cli::server_endpoint(args);
+    Channel::from_shared(server.clone())
         .map_err(|e| SyncError::Connect(format!("bad --server: {e}")))?
         .tls_config(tls)
         .map_err(|e| SyncError::Connect(format!("TLS setup: {e}")))?
@@ -217,7 +219,7 @@ async fn connect(args: &ClientArgs, server_name: &str) -> Result<Channel, SyncEr
         .keep_alive_while_idle(true)
         .connect()
         .await
-        .map_err(|e| SyncError::Connect(format!("cannot reach {}: {e}", args.server)))
+        .map_err(|e| SyncError::Connect(format!("cannot reach {server}: {e}")))
 }
 
 async fn run_exec(cmd: &str) {

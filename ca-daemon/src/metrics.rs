@@ -78,6 +78,9 @@ pub struct Metrics {
     pub crl_guard_refusals: Family<IssuerLabel, Counter>,
     /// 1 while the CRL guard holds an issuer's CRL back (the last good one is served).
     pub crl_guard_blocked: Family<IssuerLabel, Gauge>,
+    /// Certificates neither revoked nor renewed that expire within 30 days (updated by the
+    /// scheduled maintenance, every 30 s).
+    pub certificates_expiring_30d: Gauge,
 }
 
 fn build() -> Metrics {
@@ -184,6 +187,12 @@ fn build() -> Metrics {
         "1 while the CRL guard holds an issuer's CRL back",
         crl_guard_blocked.clone(),
     );
+    let certificates_expiring_30d = Gauge::default();
+    registry.register(
+        "certificates_expiring_within_30_days",
+        "Certificates neither revoked nor renewed whose notAfter lies within 30 days",
+        certificates_expiring_30d.clone(),
+    );
     Metrics {
         registry,
         http_connections,
@@ -196,6 +205,7 @@ fn build() -> Metrics {
         storage_write_failures,
         crl_guard_refusals,
         crl_guard_blocked,
+        certificates_expiring_30d,
         issuances,
         redemptions,
         tickets_created,

@@ -43,7 +43,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use base64::Engine as _;
@@ -458,6 +458,9 @@ struct Cached {
     next_update: OffsetDateTime,
     status: CertStatus,
     generation: u64,
+    /// Unix seconds of the last time it was served (or stored): eviction drops the least
+    /// recently used of a sample first.
+    last_used: AtomicI64,
 }
 
 /// Whether an AlgorithmIdentifier carries explicit NULL parameters (`05 00`).
@@ -534,7 +537,16 @@ pub struct OcspResponder {
     invalidations: AtomicU64,
     unknown_cached: AtomicUsize,
     signatures: AtomicU64,
+    /// Most entries per shard (the total bound divided by the shard count).
+    per_shard: usize,
 }
+
+/// Default bound of the cache (entries), when [`OcspResponder::with_capacity`] is not used.
+pub const DEFAULT_CACHE_ENTRIES: usize = 50_000;
+
+/// Entries looked at to pick the least recently used one to evict (sampled LRU, as Redis does:
+/// no list to maintain on the hot path).
+const EVICTION_SAMPLE: usize = 8;
 
 impl fmt::Debug for OcspResponder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -609,7 +621,17 @@ impl OcspResponder {
             invalidations: AtomicU64::new(0),
             unknown_cached: AtomicUsize::new(0),
             signatures: AtomicU64::new(0),
+            per_shard: DEFAULT_CACHE_ENTRIES.div_ceil(SHARDS),
         })
+    }
+
+    /// Bounds the cache to about `entries` responses (policy `[ocsp] cache_entries`): when a
+    /// shard is full, the least recently served of a sample of its entries is dropped, and
+    /// signed again when next asked for. Hot certificates stay cached.
+    #[must_use]
+    pub fn with_capacity(mut self, entries: usize) -> Self {
+        self.per_shard = entries.div_ceil(SHARDS).max(1);
+        self
     }
 
     /// Number of OCSP signatures made so far (cache misses, nonces, presign, refresh).
@@ -749,6 +771,7 @@ impl OcspResponder {
                 next_update: now + self.validity,
                 status,
                 generation,
+                last_used: AtomicI64::new(now.unix_timestamp()),
             };
             self.insert(key, entry, |old| {
                 self.invalidations.load(Ordering::SeqCst) == invalidations
@@ -795,6 +818,10 @@ impl OcspResponder {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let c = shard.get(key)?;
+        let secs = now.unix_timestamp();
+        if c.last_used.load(Ordering::Relaxed) < secs {
+            c.last_used.store(secs, Ordering::Relaxed);
+        }
         (now + self.resign_before < c.next_update).then(|| OcspAnswer {
             der: c.der.clone(),
             produced_at: Some(c.produced_at),
@@ -833,8 +860,25 @@ impl OcspResponder {
         if old_unknown && entry.status != CertStatus::Unknown {
             self.unknown_cached.fetch_sub(1, Ordering::Relaxed);
         }
+        if old.is_none() && shard.len() >= self.per_shard {
+            Self::evict_one(&mut shard, &self.unknown_cached);
+        }
         shard.insert(key, entry);
         true
+    }
+
+    /// Drops the least recently used of a few entries of a full shard.
+    fn evict_one(shard: &mut HashMap<CacheKey, Cached>, unknown_cached: &AtomicUsize) {
+        let victim = shard
+            .iter()
+            .take(EVICTION_SAMPLE)
+            .min_by_key(|(_, c)| c.last_used.load(Ordering::Relaxed))
+            .map(|(k, _)| k.clone());
+        if let Some(old) = victim.and_then(|k| shard.remove(&k))
+            && old.status == CertStatus::Unknown
+        {
+            unknown_cached.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     fn remove_where(&self, key: &CacheKey, pred: impl FnOnce(&Cached) -> bool) -> bool {
@@ -988,6 +1032,7 @@ impl OcspResponder {
             next_update: now + self.validity,
             status,
             generation,
+            last_used: AtomicI64::new(now.unix_timestamp()),
         };
         self.insert(key, entry, |old| {
             self.invalidations.load(Ordering::SeqCst) == invalidations
@@ -1000,7 +1045,7 @@ impl OcspResponder {
     /// `lookup` for the current status); drops due `unknown` answers and answers of issuers no
     /// longer served. Returns the number of responses re-signed.
     pub fn refresh_due(&self, now: OffsetDateTime, lookup: &dyn StatusLookup) -> usize {
-        let due: Vec<(CacheKey, u64, CertStatus)> = self
+        let due: Vec<(CacheKey, u64, CertStatus, i64)> = self
             .shards
             .iter()
             .flat_map(|shard| {
@@ -1008,12 +1053,15 @@ impl OcspResponder {
                 shard
                     .iter()
                     .filter(|(_, c)| now + self.resign_before >= c.next_update)
-                    .map(|(k, c)| (k.clone(), c.generation, c.status))
+                    .map(|(k, c)| {
+                        let used = c.last_used.load(Ordering::Relaxed);
+                        (k.clone(), c.generation, c.status, used)
+                    })
                     .collect::<Vec<_>>()
             })
             .collect();
         let mut resigned = 0;
-        for (key, old_generation, old_status) in due {
+        for (key, old_generation, old_status, last_used) in due {
             let served = self.served(&key.issuer);
             let Some(served) = served.filter(|_| old_status != CertStatus::Unknown) else {
                 self.remove_where(&key, |c| c.generation == old_generation);
@@ -1035,6 +1083,8 @@ impl OcspResponder {
                 next_update: now + self.validity,
                 status,
                 generation: generation.max(old_generation),
+                // Re-signing is not a use: a cold entry stays first in line for eviction.
+                last_used: AtomicI64::new(last_used),
             };
             // Only over the very entry read above: not if it was invalidated or replaced since.
             if self.insert(key, entry, |old| {
@@ -1314,6 +1364,43 @@ mod tests {
             }
             other => panic!("expected revoked, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn cache_is_bounded_keeps_hot_entries_and_re_signs_evicted_ones() {
+        let p = pki("Issuer A");
+        // 1 entry per shard at most: the bound is what with_capacity says, not one per serial.
+        let r = responder(&p).with_capacity(1);
+        let table = Table::default();
+        let serials: Vec<String> = (1..=200u32).map(|i| format!("5a{i:06x}")).collect();
+        for s in &serials {
+            table.set(s, CertStatus::Good);
+            r.presign("iss-1", s, CertStatus::Good, NOW)
+                .expect("presign");
+        }
+        assert!(r.cached_responses() <= SHARDS, "{}", r.cached_responses());
+        // An evicted serial is signed again on demand and answered correctly.
+        let cold = request(vec![cert_id(&p, HashAlg::Sha1, &serials[0])], None);
+        let a = r.answer(&cold, NOW + time::Duration::minutes(1), &table);
+        assert!(matches!(
+            basic(&a.der).tbs_response_data.responses[0].cert_status,
+            x509_ocsp::CertStatus::Good(_)
+        ));
+
+        // With room for a few per shard, a hot entry survives a stream of cold ones.
+        let r = responder(&p).with_capacity(SHARDS * 4);
+        let hot = request(vec![cert_id(&p, HashAlg::Sha1, &serials[0])], None);
+        r.presign("iss-1", &serials[0], CertStatus::Good, NOW)
+            .expect("presign");
+        for (i, s) in serials.iter().enumerate().skip(1) {
+            let t = NOW + time::Duration::seconds(i as i64 + 1);
+            assert!(
+                r.answer(&hot, t, &table).from_cache,
+                "hot entry evicted at {i}"
+            );
+            r.presign("iss-1", s, CertStatus::Good, t).expect("presign");
+        }
+        assert!(r.cached_responses() <= SHARDS * 4);
     }
 
     #[test]

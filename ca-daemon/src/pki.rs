@@ -1863,6 +1863,94 @@ pub fn renew_responder(
     })
 }
 
+/// The DNS names and IP addresses in the gRPC server certificate's SAN.
+pub fn server_cert_names(data_dir: &Path) -> Result<Vec<String>, PkiError> {
+    let layout = Layout::new(data_dir);
+    let der = read_cert_pem(&layout.server_cert())?;
+    let cert = parse_cert(&der, &layout.server_cert())?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => names.push(d.to_string()),
+                x509_parser::extensions::GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(IpAddr::from),
+                        _ => None,
+                    };
+                    if let Some(ip) = ip {
+                        names.push(ip.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(names)
+}
+
+fn same_server_name(a: &str, b: &str) -> bool {
+    match (a.parse::<IpAddr>(), b.parse::<IpAddr>()) {
+        (Ok(x), Ok(y)) => x == y,
+        (Err(_), Err(_)) => a.eq_ignore_ascii_case(b),
+        _ => false,
+    }
+}
+
+/// Makes the gRPC server certificate name every one of `wanted` (DNS names or IP addresses,
+/// from the `server_names` config and the gRPC listen address): when one is missing, a new
+/// server certificate is issued by the service-client CA for the names it had plus the
+/// missing ones, and replaces the old one (key sealed as at init). Returns the names added
+/// (empty = nothing to do).
+pub fn ensure_server_names(
+    data_dir: &Path,
+    passphrase: &Passphrase,
+    wanted: &[String],
+    days: u32,
+) -> Result<Vec<String>, PkiError> {
+    let layout = Layout::new(data_dir);
+    require_initialized(&layout)?;
+    for n in wanted {
+        parse_server_name(n)?;
+    }
+    let mut names = server_cert_names(data_dir)?;
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|w| !names.iter().any(|n| same_server_name(n, w)))
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        return Ok(missing);
+    }
+    validate_days("service_validity_days", days)?;
+    names.extend(missing.iter().cloned());
+    let meta = PkiMetadata::read(&layout)?;
+    let ca_der = read_cert_pem(&layout.service_ca_cert())?;
+    let (_pkcs8, ca_key) = unseal_key(&layout.service_ca_key(), passphrase, SERVICE_CA_KEY_LABEL)?;
+    check_key_matches(
+        &ca_key,
+        &ca_der,
+        &layout.service_ca_key(),
+        &layout.service_ca_cert(),
+    )?;
+    let server = new_server_cert(&ca_der, &ca_key, &names, days)?;
+    // Key first, then the certificate: a crash in between leaves the old certificate (still
+    // without the names) beside the new key, and the next start with the same configuration
+    // issues a matching pair again.
+    seal_to(
+        &layout.server_key(),
+        &server.key.pkcs8,
+        passphrase,
+        SERVER_KEY_LABEL,
+        meta.seal_kdf,
+        Overwrite::Replace,
+    )?;
+    write_cert(&layout.server_cert(), &server.der, Overwrite::Replace)?;
+    tracing::info!(added = ?missing, names = ?names, "gRPC server certificate re-issued for the configured names");
+    Ok(missing)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

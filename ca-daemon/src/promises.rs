@@ -811,10 +811,11 @@ pub fn create_empty_store(store_dir: &Path) -> Result<(), PromiseError> {
 
 /// Opens the store for `serve`, refusing ([`PromiseError::Refused`], with what is missing and
 /// how to recover) a missing one when the PKI exists and one that is behind what the CA has
-/// promised; returns it with the promises keeper.
+/// promised; returns it with the promises keeper. `cache_bytes` bounds sled's page cache.
 pub fn open_checked_store(
     data_dir: &Path,
     pki: &crate::pki::LoadedPki,
+    cache_bytes: u64,
 ) -> Result<(crate::store::SledStore, Promises), PromiseError> {
     let store_dir = crate::pki::Layout::new(data_dir).store_dir();
     let layout = PromiseLayout::new(data_dir);
@@ -834,7 +835,7 @@ pub fn open_checked_store(
             dd = data_dir.display(),
         )));
     }
-    let store = crate::store::SledStore::open(&store_dir).map_err(|e| {
+    let store = crate::store::SledStore::open_with_cache(&store_dir, cache_bytes).map_err(|e| {
         PromiseError::Refused(format!(
             "refusing to start: store: {e} (if the store is damaged, move it aside, restore the newest backup and run `ca-daemon store reconcile`)"
         ))

@@ -39,6 +39,10 @@ pub struct ServeOptions {
     pub dev: bool,
     /// Base URL for CRL/OCSP in certificates (init only).
     pub url_base: Option<String>,
+    /// Names the gRPC server certificate must carry (re-issued at start if one is missing).
+    pub server_names: Vec<String>,
+    /// sled page cache, MiB.
+    pub store_cache_mib: u64,
 }
 
 /// Errors that stop the daemon from starting.
@@ -161,8 +165,24 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             .map_err(|e| ServeError::Startup(e.to_string()))??;
     }
     let passphrase = resolve_passphrase(&opts.data_dir, opts.passphrase_file.as_deref(), opts.dev)?;
-    let dir = opts.data_dir.clone();
     let passphrase = Arc::new(passphrase);
+    // The server certificate names the configured host names and the listen address.
+    let mut wanted = opts.server_names.clone();
+    if !opts.grpc_listen.ip().is_unspecified() {
+        wanted.push(opts.grpc_listen.ip().to_string());
+    }
+    let (dir, pass, days) = (
+        opts.data_dir.clone(),
+        passphrase.clone(),
+        policy.ca.service_cert_validity_days,
+    );
+    tokio::task::spawn_blocking(move || {
+        crate::pki::ensure_server_names(&dir, &pass, &wanted, days)
+    })
+    .await
+    .map_err(|e| ServeError::Startup(e.to_string()))?
+    .map_err(|e| ServeError::Keys(format!("gRPC server certificate: {e}")))?;
+    let dir = opts.data_dir.clone();
     let pass = passphrase.clone();
     let pki = tokio::task::spawn_blocking(move || crate::pki::load(&dir, &pass))
         .await
@@ -182,8 +202,9 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let store_dir = crate::pki::Layout::new(&opts.data_dir).store_dir();
     crate::storage::configure(&store_dir, policy.storage.low_water_bytes());
     let dir = opts.data_dir.clone();
+    let cache_bytes = opts.store_cache_mib.saturating_mul(1 << 20);
     let (pki, store, promises) = tokio::task::spawn_blocking(move || {
-        crate::promises::open_checked_store(&dir, &pki).map(|(s, p)| (pki, s, p))
+        crate::promises::open_checked_store(&dir, &pki, cache_bytes).map(|(s, p)| (pki, s, p))
     })
     .await
     .map_err(|e| ServeError::Startup(e.to_string()))?
@@ -203,6 +224,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     authority.set_promises(Arc::new(promises));
     authority.scheduled_maintenance().await;
     tokio::spawn(authority.clone().run_crl_publisher(crl_rx));
+    tokio::spawn(authority.clone().run_supersessions());
 
     let grpc_listener = TcpListener::bind(opts.grpc_listen)
         .await
@@ -255,6 +277,12 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Startup(format!("reflection: {e}")))?;
+    // v1alpha as well: Python's grpcio-reflection, older grpcurl and GUI clients speak only it.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pki_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServeError::Startup(format!("reflection v1alpha: {e}")))?;
 
     let max_req = limits.max_request_bytes;
     let max_crl = limits.max_crl_message_bytes;
@@ -289,6 +317,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         .layer(AuthzLayer::new(policy.clone(), authority.rate_limits()))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(enrollment)
         .add_service(certificates)
         .add_service(revocation)
@@ -325,6 +354,16 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
 
     tracing::info!(grpc = %grpc_addr, http = %http_addr, active_issuer = %authority.active_issuer_id(),
         data_dir = %opts.data_dir.display(), dev = opts.dev, "ca-daemon listening");
+    // Operator commands find this daemon through its data dir (no --server needed).
+    let recorded = crate::discovery::Addresses {
+        pid: std::process::id(),
+        grpc: grpc_addr,
+        http: http_addr,
+        metrics: opts.metrics_listen,
+    };
+    if let Err(e) = crate::discovery::record(&opts.data_dir, &recorded) {
+        tracing::warn!(error = %e, "cannot record the listen addresses in the data dir; operator commands need --server");
+    }
 
     let grpc_task = tokio::spawn(grpc);
     let http_task = tokio::spawn(http);
@@ -355,6 +394,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             }
         } => true,
     };
+    crate::discovery::forget(&opts.data_dir);
     let _ = stop_tx.send(true);
     // In-flight calls finish; a peer that never lets go does not keep us alive forever.
     let drained = tokio::time::timeout(Duration::from_secs(25), async {

@@ -236,6 +236,11 @@ impl Daemon {
         )))
     }
 
+    /// Process id of the running daemon.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
@@ -483,5 +488,6 @@ pub fn sample_ticket_request(n: u32, os: v1::TargetOs) -> v1::CreateTicketReques
         }),
         profile: String::new(),
         approved_by: "事務局".into(),
+        renews_serial: String::new(),
     }
 }

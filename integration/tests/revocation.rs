@@ -789,6 +789,7 @@ fn list_req(facility: &str, person: &str, device: &str) -> v1::ListCertificatesR
         status: v1::CertificateState::Revoked as i32,
         page_size: 2,
         page_token: String::new(),
+        expiring_before: None,
     }
 }
 

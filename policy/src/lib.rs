@@ -33,7 +33,6 @@ mod raw;
 pub mod roles;
 mod sections;
 mod subject;
-mod urls;
 
 pub use error::PolicyError;
 pub use keystore::{BagEncryption, KeystoreProfile, MacAlgorithm};
@@ -41,10 +40,10 @@ pub use limits::{FieldError, FieldProblem, Limits};
 pub use profile::{CertProfile, CertificatePolicy, ExtKeyUsage, KeyType, KeyUsage};
 pub use roles::{MethodGrant, Role, Roles};
 pub use sections::{
-    BundlePassword, CaPolicy, CrlPolicy, MAX_VALIDITY_DAYS, OcspPolicy, StoragePolicy, TicketPolicy,
+    BundlePassword, CaPolicy, CrlPolicy, MAX_VALIDITY_DAYS, OcspPolicy, RenewalPolicy,
+    StoragePolicy, TicketPolicy,
 };
 pub use subject::{Placeholder, Subject, SubjectTemplate, Template, X520_UB_NAME};
-pub use urls::{Urls, check_base_url};
 
 use domain::TargetOs;
 use raw::{Merge, RawPolicy, Replace, require};
@@ -87,10 +86,10 @@ pub struct Policy {
     pub crl: CrlPolicy,
     /// `[ocsp]`
     pub ocsp: OcspPolicy,
-    /// `[urls]`
-    pub urls: Urls,
     /// `[storage]`
     pub storage: StoragePolicy,
+    /// `[renewal]`
+    pub renewal: RenewalPolicy,
 }
 
 impl Default for Policy {
@@ -150,8 +149,15 @@ impl Policy {
         let limits = Limits::from_raw(require(raw.limits, "limits")?)?;
         let crl = CrlPolicy::from_raw(require(raw.crl, "crl")?)?;
         let ocsp = OcspPolicy::from_raw(require(raw.ocsp, "ocsp")?, &ca)?;
-        let urls = Urls::from_raw(require(raw.urls, "urls")?)?;
         let storage = StoragePolicy::from_raw(require(raw.storage, "storage")?)?;
+        let renewal = RenewalPolicy::from_raw(require(raw.renewal, "renewal")?)?;
+        if raw.urls.is_some() {
+            return Err(PolicyError::invalid(
+                "urls",
+                "[urls] was removed: the URLs in certificates derive from the base fixed at \
+                 `ca-daemon init --url-base` (recorded in keys/pki.toml); delete the section",
+            ));
+        }
         Ok(Policy {
             ca,
             certificate,
@@ -162,8 +168,8 @@ impl Policy {
             limits,
             crl,
             ocsp,
-            urls,
             storage,
+            renewal,
         })
     }
 

@@ -73,8 +73,10 @@ pub(crate) struct RawPolicy {
     pub limits: Option<RawLimits>,
     pub crl: Option<RawCrl>,
     pub ocsp: Option<RawOcsp>,
-    pub urls: Option<RawUrls>,
     pub storage: Option<RawStorage>,
+    pub renewal: Option<RawRenewal>,
+    /// `[urls]` was removed (the URL base is fixed at init); kept only to refuse it by name.
+    pub urls: Option<serde::de::IgnoredAny>,
 }
 
 impl Merge for RawPolicy {
@@ -89,8 +91,9 @@ impl Merge for RawPolicy {
             limits: self.limits.merge(base.limits),
             crl: self.crl.merge(base.crl),
             ocsp: self.ocsp.merge(base.ocsp),
-            urls: self.urls.merge(base.urls),
             storage: self.storage.merge(base.storage),
+            renewal: self.renewal.merge(base.renewal),
+            urls: self.urls.or(base.urls),
         }
     }
 }
@@ -259,10 +262,12 @@ merge_plain!(RawCrl {
 pub(crate) struct RawOcsp {
     pub validity_hours: Option<i64>,
     pub resign_before_hours: Option<i64>,
+    pub cache_entries: Option<i64>,
 }
 merge_plain!(RawOcsp {
     validity_hours,
     resign_before_hours,
+    cache_entries,
 });
 
 /// `[storage]`
@@ -273,13 +278,15 @@ pub(crate) struct RawStorage {
 }
 merge_plain!(RawStorage { low_water_mib });
 
-/// `[urls]`
+/// `[renewal]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawUrls {
-    pub base: Option<String>,
+pub(crate) struct RawRenewal {
+    pub supersede_after_secs: Option<i64>,
 }
-merge_plain!(RawUrls { base });
+merge_plain!(RawRenewal {
+    supersede_after_secs,
+});
 
 /// Parses a document into its raw form; errors name the field by its dotted path.
 pub(crate) fn parse(input: &str) -> Result<RawPolicy, PolicyError> {

@@ -1,4 +1,4 @@
-//! The small numeric sections: `[ca]`, `[tickets]`, `[crl]`, `[ocsp]`.
+//! The small numeric sections: `[ca]`, `[tickets]`, `[crl]`, `[ocsp]`, `[renewal]`.
 //!
 //! Each is validated on its own (ranges) and against the others where they depend on each
 //! other (the OCSP response validity must fit in the responder certificate's renewal margin).
@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::error::PolicyError;
-use crate::raw::{RawCa, RawCrl, RawOcsp, RawStorage, RawTickets, ranged};
+use crate::raw::{RawCa, RawCrl, RawOcsp, RawRenewal, RawStorage, RawTickets, ranged};
 
 const DAY: u64 = 24 * 60 * 60;
 const HOUR: u64 = 60 * 60;
@@ -249,6 +249,9 @@ pub struct OcspPolicy {
     pub validity_hours: u32,
     /// Re-sign a cached response when less than this remains before its `nextUpdate`, in hours.
     pub resign_before_hours: u32,
+    /// Most pre-signed responses kept in memory; the least recently used go first and are
+    /// signed again on demand.
+    pub cache_entries: u32,
 }
 
 impl OcspPolicy {
@@ -283,6 +286,7 @@ impl OcspPolicy {
         Ok(Self {
             validity_hours: validity,
             resign_before_hours: before,
+            cache_entries: ranged(raw.cache_entries, "ocsp.cache_entries", 1_000, 10_000_000)?,
         })
     }
 
@@ -324,5 +328,32 @@ impl StoragePolicy {
     /// The low-water mark in bytes.
     pub fn low_water_bytes(&self) -> u64 {
         u64::from(self.low_water_mib) << 20
+    }
+}
+
+/// `[renewal]`: what happens to a certificate once a renewal ticket has been redeemed for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewalPolicy {
+    /// Seconds between the redemption of a renewal ticket and the revocation of the renewed
+    /// certificate with reason `superseded` (0 = at once), so the device keeps working until
+    /// the new bundle is installed.
+    pub supersede_after_secs: u32,
+}
+
+impl RenewalPolicy {
+    pub(crate) fn from_raw(raw: RawRenewal) -> Result<Self, PolicyError> {
+        Ok(Self {
+            supersede_after_secs: ranged(
+                raw.supersede_after_secs,
+                "renewal.supersede_after_secs",
+                0,
+                90 * DAY as i64,
+            )?,
+        })
+    }
+
+    /// The grace period before the renewed certificate is superseded.
+    pub fn supersede_after(&self) -> Duration {
+        Duration::from_secs(u64::from(self.supersede_after_secs))
     }
 }

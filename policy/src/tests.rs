@@ -180,13 +180,10 @@ fn default_numeric_sections() {
         OcspPolicy {
             validity_hours: 24,
             resign_before_hours: 8,
+            cache_entries: 50_000,
         }
     );
-    assert_eq!(p.urls.base, "http://127.0.0.1:8080");
-    assert_eq!(
-        p.urls.crl_url("iss-1"),
-        "http://127.0.0.1:8080/crl/iss-1.crl"
-    );
+    assert_eq!(p.renewal.supersede_after_secs, 7 * 24 * 3600);
     assert_eq!(p.limits.effective_page_size(0), 100);
     assert_eq!(p.limits.effective_page_size(5000), 1000);
     assert_eq!(p.limits.effective_page_size(7), 7);
@@ -370,7 +367,7 @@ fn partial_documents_merge_over_the_default() {
         "[keystore.windows]\niterations = 20000\n\
          [roles]\ngateway = [\"/pki.ca.v1.Revocation/GetCrl\"]\n\
          [certificate.profiles.default.subject]\norganizational_unit = \"\"\n\
-         [urls]\nbase = \"https://pki.example.jp/care/\"\n",
+         [renewal]\nsupersede_after_secs = 0\n",
     );
     let d = Policy::default_policy();
     assert_eq!(p.keystore["windows"].iterations, 20_000);
@@ -379,7 +376,7 @@ fn partial_documents_merge_over_the_default() {
     assert!(p.role_allows("gateway", "/pki.ca.v1.Revocation/GetCrl"));
     assert!(!p.role_allows("gateway", "/pki.ca.v1.Revocation/Ocsp"));
     assert_eq!(p.roles.grants[&Role::Portal], d.roles.grants[&Role::Portal]);
-    assert_eq!(p.urls.ocsp_url(), "https://pki.example.jp/care/ocsp");
+    assert_eq!(p.renewal.supersede_after_secs, 0);
     let subject = p.certificate.profiles["default"]
         .subject
         .render(&enrollee());
@@ -419,7 +416,7 @@ fn unknown_fields_are_named() {
             "certificate.profiles.default.subject.email",
         ),
         ("[limits]\nmax_strings = 3\n", "limits.max_strings"),
-        ("[urls]\ncrl = \"http://x\"\n", "urls.crl"),
+        ("[renewal]\ngrace_days = 7\n", "renewal.grace_days"),
     ] {
         let err = refuse(doc);
         assert!(
@@ -716,8 +713,12 @@ fn section_cross_checks() {
     assert_field(&err, "limits.max_request_bytes");
     let err = refuse("[tickets]\nmax_attempts = 0\n");
     assert_field(&err, "tickets.max_attempts");
-    let err = refuse("[urls]\nbase = \"http://x/?a=b\"\n");
-    assert_field(&err, "urls.base");
+    // [urls] was removed: a document that still sets it is told so instead of being ignored.
+    let err = refuse("[urls]\nbase = \"http://x\"\n");
+    assert_field(&err, "urls");
+    assert!(err.to_string().contains("--url-base"), "{err}");
+    let err = refuse("[renewal]\nsupersede_after_secs = 7776001\n");
+    assert_field(&err, "renewal.supersede_after_secs");
     let err = refuse("[ca]\nroot_validity_days = -1\n");
     assert!(matches!(err, PolicyError::OutOfRange { value: -1, .. }));
     assert_field(&err, "ca.root_validity_days");

@@ -545,8 +545,12 @@ pub struct CreateTicket {
     pub enrollee: domain::Enrollee,
     /// Certificate profile name; `None` = the policy's default profile.
     pub profile: Option<String>,
-    /// Who approved the registration (free text, no control characters).
+    /// Who approved the registration (free text, no control characters); may be empty for a
+    /// renewal.
     pub approved_by: String,
+    /// Serial (lowercase hex) of the certificate this ticket renews; `None` = a new
+    /// registration.
+    pub renews_serial: Option<String>,
 }
 
 impl TryFrom<v1::CreateTicketRequest> for CreateTicket {
@@ -560,7 +564,17 @@ impl TryFrom<v1::CreateTicketRequest> for CreateTicket {
         let device = domain::Device::try_from(required("device", req.device)?)
             .map_err(|e| e.within("device"))?;
         let profile = parse_optional_id("profile", &req.profile)?;
-        check_required_text("approved_by", &req.approved_by)?;
+        let renews_serial = if req.renews_serial.is_empty() {
+            None
+        } else {
+            Some(
+                parse_serial(&req.renews_serial)
+                    .map_err(|e| ConvertError::new("renews_serial", e.problem))?,
+            )
+        };
+        if renews_serial.is_none() || !req.approved_by.is_empty() {
+            check_required_text("approved_by", &req.approved_by)?;
+        }
         Ok(Self {
             enrollee: domain::Enrollee {
                 facility,
@@ -569,6 +583,7 @@ impl TryFrom<v1::CreateTicketRequest> for CreateTicket {
             },
             profile,
             approved_by: req.approved_by,
+            renews_serial,
         })
     }
 }
@@ -581,6 +596,7 @@ impl From<CreateTicket> for v1::CreateTicketRequest {
             device: Some(c.enrollee.device.into()),
             profile: c.profile.unwrap_or_default(),
             approved_by: c.approved_by,
+            renews_serial: c.renews_serial.unwrap_or_default(),
         }
     }
 }

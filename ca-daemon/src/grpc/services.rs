@@ -32,8 +32,9 @@ fn ticket_state(s: TicketState) -> v1::TicketState {
     }
 }
 
-fn ticket_msg(t: &TicketRecord) -> v1::Ticket {
+fn ticket_msg(t: &TicketRecord, renews_serial: Option<String>) -> v1::Ticket {
     v1::Ticket {
+        renews_serial: renews_serial.unwrap_or_default(),
         number: t.number.clone(),
         state: ticket_state(t.effective_state(OffsetDateTime::now_utc())) as i32,
         expires_at: ts(t.expires_at),
@@ -119,6 +120,7 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
                     enrollee: req.enrollee,
                     profile: req.profile,
                     approved_by: req.approved_by,
+                    renews_serial: req.renews_serial.clone(),
                 },
             )
             .await?;
@@ -126,7 +128,7 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
             number: record.number.clone(),
             password: password.expose().to_string(),
             expires_at: ts(record.expires_at),
-            ticket: Some(ticket_msg(&record)),
+            ticket: Some(ticket_msg(&record, req.renews_serial)),
         }))
     }
 
@@ -173,7 +175,8 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
         let number =
             convert::parse_ticket_number(&request.get_ref().number).map_err(CaError::from)?;
         let t = self.authority.get_ticket(&number).await?;
-        Ok(Response::new(ticket_msg(&t)))
+        let renews = self.authority.ticket_renews(&number).await?;
+        Ok(Response::new(ticket_msg(&t, renews)))
     }
 
     async fn cancel_ticket(
@@ -184,7 +187,8 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
         let number =
             convert::parse_ticket_number(&request.get_ref().number).map_err(CaError::from)?;
         let t = self.authority.cancel_ticket(&who, &number).await?;
-        Ok(Response::new(ticket_msg(&t)))
+        let renews = self.authority.ticket_renews(&number).await?;
+        Ok(Response::new(ticket_msg(&t, renews)))
     }
 }
 
@@ -235,6 +239,12 @@ impl v1::certificates_server::Certificates for CertificatesService {
             device_id: optional_id("device_id", &r.device_id)?,
             issuer_id: None,
             revoked,
+            expiring_before: r
+                .expiring_before
+                .as_ref()
+                .map(|t| convert::time_from_timestamp("expiring_before", t))
+                .transpose()
+                .map_err(CaError::from)?,
         };
         let want_expired = r.status == v1::CertificateState::Expired as i32;
         let want_valid = r.status == v1::CertificateState::Valid as i32;
@@ -554,7 +564,9 @@ impl v1::admin_server::Admin for AdminService {
                 next_update: ts(r.next_update),
                 age_seconds: u64::try_from((now - r.this_update).whole_seconds()).unwrap_or(0),
             });
+        let expiring = self.authority.expiring_within_days(30).await?;
         Ok(Response::new(v1::StatusResponse {
+            certificates_expiring_within_30_days: expiring,
             issuers,
             tickets_by_state,
             certificates_total: total,
@@ -571,11 +583,36 @@ impl v1::admin_server::Admin for AdminService {
         request: Request<v1::BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
         let who = caller(&request)?;
-        let bytes = self.authority.backup_bytes(&who).await?;
-        let chunks: Vec<Result<v1::BackupChunk, Status>> = bytes
-            .chunks(1 << 20)
-            .map(|c| Ok(v1::BackupChunk { data: c.to_vec() }))
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        let (dir, archive) = self.authority.backup_archive(&who).await?;
+        // Read from disk in 1 MiB chunks, at most a few in flight: memory stays flat whatever
+        // the store's size. The archive is removed once sent (or the client has gone).
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read as _;
+            let sent = std::fs::File::open(&archive).and_then(|mut f| {
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    let chunk = v1::BackupChunk {
+                        data: buf[..n].to_vec(),
+                    };
+                    if tx.blocking_send(Ok(chunk)).is_err() {
+                        return Ok(());
+                    }
+                }
+            });
+            if let Err(e) = sent {
+                let _ = tx.blocking_send(Err(Status::from(CaError::internal(format!(
+                    "reading the backup archive: {e}"
+                )))));
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }

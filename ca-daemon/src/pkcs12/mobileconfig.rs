@@ -6,10 +6,12 @@
 //!   secret beyond the password-encrypted PFX);
 //! - `com.apple.security.root`: the root CA certificate (DER), so the device trusts the chain.
 //!
-//! Every `PayloadUUID` is a UUID v5 of the certificate serial (and the payload's role), and every
-//! `PayloadIdentifier` is [`PAYLOAD_IDENTIFIER_PREFIX`]`.<serial>[.role]`: building the profile
-//! twice for one certificate gives the same identifiers, so a re-install replaces the profile
-//! instead of adding a second one, and two certificates never collide.
+//! Every `PayloadUUID` is a UUID v5 of the certificate serial (and the payload's role), so two
+//! certificates never share one. Every `PayloadIdentifier` is
+//! [`PAYLOAD_IDENTIFIER_PREFIX`]`.<facility>.<person>.<device>[.role]`, derived from the device
+//! identity and not from the serial: Apple replaces an installed profile only when the
+//! identifier matches, so the profile of a renewed certificate replaces the old identity
+//! instead of installing a second one beside it (ids are escaped so the mapping is one-to-one).
 //!
 //! The profile is unsigned (see the [module doc](crate::pkcs12)).
 
@@ -51,9 +53,12 @@ pub struct MobileconfigInput<'a> {
     pub display_name: &'a str,
     /// `PayloadOrganization` (the operating organisation, Japanese allowed).
     pub organization: &'a str,
-    /// The certificate serial in hex (upper or lower case, no separators); the identifiers and
-    /// UUIDs are derived from it.
+    /// The certificate serial in hex (upper or lower case, no separators); the UUIDs are
+    /// derived from it.
     pub serial_hex: &'a str,
+    /// The device identity, `facility/person/device` ids
+    /// ([`crate::renewal::device_identity`]); the `PayloadIdentifier`s are derived from it.
+    pub device_identity: &'a str,
 }
 
 /// Builds the `.mobileconfig` (UTF-8 XML property list) for one certificate.
@@ -90,7 +95,7 @@ pub fn build_mobileconfig(input: &MobileconfigInput<'_>) -> Result<Vec<u8>, Pkcs
             .to_string()
             .to_uppercase()
     };
-    let identifier = format!("{PAYLOAD_IDENTIFIER_PREFIX}.{serial}");
+    let identifier = payload_identifier(input.device_identity)?;
     let title = format!("{PRODUCT_NAME} 端末証明書 ({})", input.display_name);
     let description = format!(
         "{} の端末証明書と、それを発行したルート CA 証明書をインストールします。\
@@ -167,6 +172,32 @@ pub fn build_mobileconfig(input: &MobileconfigInput<'_>) -> Result<Vec<u8>, Pkcs
 
     tracing::debug!(serial = %serial, bytes = x.len(), "mobileconfig built");
     Ok(x.into_bytes())
+}
+
+/// `PREFIX.<facility>.<person>.<device>` from `facility/person/device`. Ids are ASCII
+/// `[A-Za-z0-9._:-]`; `_`, `.` and `:` are written `_5f`, `_2e`, `_3a`, so the identifier
+/// names exactly one identity and stays a valid reverse-DNS style string.
+fn payload_identifier(device_identity: &str) -> Result<String, Pkcs12Error> {
+    let invalid = |reason| Pkcs12Error::InvalidMobileconfigInput {
+        field: "device_identity",
+        reason,
+    };
+    let parts: Vec<&str> = device_identity.split('/').collect();
+    if parts.len() != 3 || parts.iter().any(|p| p.is_empty() || p.len() > 64) {
+        return Err(invalid("it is not facility/person/device"));
+    }
+    let mut out = PAYLOAD_IDENTIFIER_PREFIX.to_owned();
+    for part in parts {
+        out.push('.');
+        for c in part.chars() {
+            match c {
+                'A'..='Z' | 'a'..='z' | '0'..='9' | '-' => out.push(c),
+                '_' | '.' | ':' => out.push_str(&format!("_{:02x}", c as u32)),
+                _ => return Err(invalid("an id holds a character outside [A-Za-z0-9._:-]")),
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Lowercase hex without leading zeros (so `00AB` and `ab` name the same certificate).
@@ -284,6 +315,7 @@ mod tests {
             display_name,
             organization: "訪問看護ステーションさくら",
             serial_hex: serial,
+            device_identity: "F001/P001/D001",
         }
     }
 
@@ -350,9 +382,9 @@ mod tests {
         assert_eq!(
             strings_of(&doc, "PayloadIdentifier"),
             [
-                format!("{PAYLOAD_IDENTIFIER_PREFIX}.a1b2c.pkcs12"),
-                format!("{PAYLOAD_IDENTIFIER_PREFIX}.a1b2c.root"),
-                format!("{PAYLOAD_IDENTIFIER_PREFIX}.a1b2c"),
+                format!("{PAYLOAD_IDENTIFIER_PREFIX}.F001.P001.D001.pkcs12"),
+                format!("{PAYLOAD_IDENTIFIER_PREFIX}.F001.P001.D001.root"),
+                format!("{PAYLOAD_IDENTIFIER_PREFIX}.F001.P001.D001"),
             ]
         );
         assert_eq!(
@@ -363,6 +395,51 @@ mod tests {
             strings_of(&doc, "PayloadCertificateFileName")[0],
             "yamada-hanako.p12"
         );
+    }
+
+    #[test]
+    fn identifiers_follow_the_device_not_the_serial() {
+        // A renewal (new serial, same device) gets the same identifiers, so iOS and macOS
+        // replace the installed profile; other devices never share them.
+        let old = text(&build_mobileconfig(&sample("0a", "a")).expect("build"));
+        let renewed = text(&build_mobileconfig(&sample("0b", "a")).expect("build"));
+        assert_eq!(
+            strings_of(&old, "PayloadIdentifier"),
+            strings_of(&renewed, "PayloadIdentifier")
+        );
+        assert_ne!(
+            strings_of(&old, "PayloadUUID"),
+            strings_of(&renewed, "PayloadUUID")
+        );
+        let id = |identity: &str| {
+            let input = MobileconfigInput {
+                device_identity: identity,
+                ..sample("0a", "a")
+            };
+            strings_of(
+                &text(&build_mobileconfig(&input).expect("build")),
+                "PayloadIdentifier",
+            )
+            .pop()
+            .unwrap_or_default()
+        };
+        // Escaping keeps ids containing `.` from colliding with other splits.
+        assert_ne!(id("F.1/P/D"), id("F/1.P/D"));
+        assert_eq!(
+            id("F.1/p:2/d_3"),
+            format!("{PAYLOAD_IDENTIFIER_PREFIX}.F_2e1.p_3a2.d_5f3")
+        );
+        let bad = MobileconfigInput {
+            device_identity: "F/P",
+            ..sample("0a", "a")
+        };
+        assert!(matches!(
+            build_mobileconfig(&bad),
+            Err(Pkcs12Error::InvalidMobileconfigInput {
+                field: "device_identity",
+                ..
+            })
+        ));
     }
 
     #[test]

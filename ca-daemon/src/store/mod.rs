@@ -302,6 +302,9 @@ pub struct CertFilter {
     pub issuer_id: Option<String>,
     /// Only revoked (`true`) or only unrevoked (`false`) ones.
     pub revoked: Option<bool>,
+    /// Only ones whose `notAfter` lies before this time and that have not been renewed
+    /// (no renewal redeemed for them, see [`Store::redeem_renewal`]): the reminder list.
+    pub expiring_before: Option<OffsetDateTime>,
 }
 
 impl CertFilter {
@@ -315,7 +318,20 @@ impl CertFilter {
             && eq(&self.device_id, &cert.device_id)
             && eq(&self.issuer_id, &cert.issuer_id)
             && self.revoked.is_none_or(|r| r == cert.is_revoked())
+            && self.expiring_before.is_none_or(|t| cert.not_after < t)
     }
+}
+
+/// A renewed certificate and when it is to be revoked as superseded (see
+/// [`Store::redeem_renewal`] and [`Store::apply_due_supersessions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Supersession {
+    /// Serial of the renewed (old) certificate.
+    pub serial: String,
+    /// Serial of the certificate that renews it.
+    pub renewed_by: String,
+    /// When it is revoked with reason `superseded` (the end of the grace period).
+    pub due: OffsetDateTime,
 }
 
 /// What [`Store::revoke`] revokes.
@@ -403,6 +419,12 @@ pub enum StoreError {
         key: String,
         /// What is wrong.
         detail: String,
+    },
+    /// The certificate a renewal names has been revoked.
+    #[error("certificate {serial} is revoked")]
+    Revoked {
+        /// Its serial.
+        serial: String,
     },
     /// A backup or restore target already exists.
     #[error("{path} already exists; refusing to overwrite it")]
@@ -533,6 +555,57 @@ pub trait Store: Send + Sync + 'static {
         issuer_id: &str,
         now: OffsetDateTime,
     ) -> Result<(u64, u64, u64), StoreError>;
+
+    // ---- renewals
+    /// [`Store::create_ticket`] for a renewal ticket: the ticket and the serial it renews are
+    /// stored together (see [`Store::ticket_renews`]).
+    fn create_renewal_ticket(
+        &self,
+        ticket: &TicketRecord,
+        renews_serial: &str,
+        event: AuditEvent,
+    ) -> Result<(), StoreError>;
+
+    /// The serial the ticket with that number renews; `None` for a new registration.
+    fn ticket_renews(&self, number: &str) -> Result<Option<String>, StoreError>;
+
+    /// [`Store::redeem_ticket`] for a renewal ticket, in the same atomic, durable change: the
+    /// renewed certificate `supersede.serial` must exist and not be revoked (`Revoked`,
+    /// checked inside the change, so a concurrent revocation is never overtaken); it is
+    /// recorded as renewed by `cert` and scheduled for revocation as superseded at
+    /// `supersede.due` (a later renewal of the same certificate keeps the earlier schedule).
+    fn redeem_renewal(
+        &self,
+        number: &str,
+        password_mac: &[u8; 32],
+        now: OffsetDateTime,
+        cert: &CertRecord,
+        supersede: &Supersession,
+        event: AuditEvent,
+    ) -> Result<TicketRecord, StoreError>;
+
+    /// The serial of the certificate that renewed `serial`, if a renewal was redeemed for it.
+    fn renewed_by(&self, serial: &str) -> Result<Option<String>, StoreError>;
+
+    /// Revokes, with `revocation` (reason `superseded`), every scheduled supersession due at
+    /// `now` (at most `limit` of them), atomically and audited with `event` (target set to
+    /// the serial), and removes them from the schedule. Certificates already revoked or
+    /// expired are only removed from the schedule. Returns the newly revoked certificates.
+    fn apply_due_supersessions(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+        revocation: &Revocation,
+        event: AuditEvent,
+    ) -> Result<Vec<CertRecord>, StoreError>;
+
+    /// The earliest scheduled supersession, if any.
+    fn next_supersession(&self) -> Result<Option<Supersession>, StoreError>;
+
+    /// Certificates, of every issuer, that are neither revoked nor renewed and whose
+    /// `notAfter` lies in `(now, until]` (compared at one-second precision).
+    fn count_expiring(&self, now: OffsetDateTime, until: OffsetDateTime)
+    -> Result<u64, StoreError>;
 
     // ---- issuers
     /// Inserts or replaces an issuer, audited.

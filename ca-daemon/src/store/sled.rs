@@ -15,6 +15,9 @@
 //! | `crls` | issuer id | newest [`CrlRecord`] |
 //! | `audit` | seq (u64 BE) | `(version, AuditEntry)` |
 //! | `meta` | see the `meta_*` functions | schema version, audit chain head, CRL numbers, counters |
+//! | `renewals` | ticket number | `(version, serial it renews)` |
+//! | `renewed_by` | renewed serial | `(version, serial of the renewing certificate)` |
+//! | `supersede_due` | due (u64 BE, order-preserving) ‖ renewed serial | `(version, renewing serial)` |
 //!
 //! ¹ `u32 BE length ‖ bytes`, so that one id is never a prefix of another's keys.
 //!
@@ -45,8 +48,8 @@ use time::OffsetDateTime;
 
 use super::{
     AuditEntry, AuditEvent, AuditVerification, CertFilter, CertRecord, CrlRecord, IssuerRecord,
-    Record, Reinstated, Revocation, RevokeTarget, RevokedEntry, Store, StoreError, TicketRecord,
-    TicketState, decode, decode_versioned, encode, encode_versioned,
+    Record, Reinstated, Revocation, RevokeTarget, RevokedEntry, Store, StoreError, Supersession,
+    TicketRecord, TicketState, decode, decode_versioned, encode, encode_versioned,
 };
 use crate::audit::{self, ChainHead};
 
@@ -62,9 +65,13 @@ const ISSUERS: usize = 8;
 const CRLS: usize = 9;
 const AUDIT: usize = 10;
 const META: usize = 11;
+const RENEWALS: usize = 12;
+const RENEWED_BY: usize = 13;
+const SUPERSEDE_DUE: usize = 14;
 
-/// Every tree of the store, by the index constants above.
-const TREE_NAMES: [&str; 12] = [
+/// Every tree of the store, by the index constants above. (Trees added later are simply
+/// empty in a store written before them, so the layout version stays.)
+const TREE_NAMES: [&str; 15] = [
     "tickets",
     "certs",
     "idx_facility",
@@ -77,6 +84,9 @@ const TREE_NAMES: [&str; 12] = [
     "crls",
     "audit",
     "meta",
+    "renewals",
+    "renewed_by",
+    "supersede_due",
 ];
 
 /// Version of the tree layout, kept in `meta` under `schema`.
@@ -84,6 +94,10 @@ const SCHEMA_VERSION: u16 = 1;
 
 const AUDIT_KIND: &str = "audit entry";
 const REVOKED_KIND: &str = "revoked entry";
+const RENEWAL_KIND: &str = "renewal";
+
+/// sled page cache when the caller names none: 128 MiB (sled's own default is 1 GiB).
+pub const DEFAULT_CACHE_BYTES: u64 = 128 << 20;
 
 /// Entries per batch when copying trees for a backup.
 const COPY_BATCH: usize = 10_000;
@@ -128,7 +142,32 @@ impl SledStore {
     /// Opens (creating if needed) the store in directory `path`. Fails if another process
     /// has it open, or if it was written by a newer layout.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::open_with(path, true)
+        Self::open_with(path, true, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Self::open`] with sled's page cache bounded to `cache_bytes` (the daemon takes it
+    /// from its config, `store_cache_mib`). sled's own default is 1 GiB, which a store of a
+    /// million certificates fills.
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        Self::open_with(path, true, cache_bytes)
+    }
+
+    /// Bytes of every tree, for footprint measurements: (tree, entries, key bytes, value
+    /// bytes). Reads the whole store.
+    #[doc(hidden)]
+    pub fn tree_stats(&self) -> Result<Vec<(&'static str, u64, u64, u64)>, StoreError> {
+        let mut out = Vec::with_capacity(TREE_NAMES.len());
+        for (i, name) in TREE_NAMES.iter().enumerate() {
+            let (mut n, mut k, mut v) = (0u64, 0u64, 0u64);
+            for kv in self.tree(i).iter() {
+                let (key, value) = kv?;
+                n += 1;
+                k += key.len() as u64;
+                v += value.len() as u64;
+            }
+            out.push((*name, n, k, v));
+        }
+        Ok(out)
     }
 
     /// Opens the store for an offline bulk load (seeding a benchmark, a migration): writes
@@ -138,7 +177,7 @@ impl SledStore {
     /// write is still one transaction). Never use it for a serving daemon.
     #[doc(hidden)]
     pub fn open_for_bulk_load(path: &Path) -> Result<Self, StoreError> {
-        Self::open_with(path, false)
+        Self::open_with(path, false, DEFAULT_CACHE_BYTES)
     }
 
     /// Makes every committed write durable (one flush).
@@ -147,8 +186,11 @@ impl SledStore {
         Ok(())
     }
 
-    fn open_with(path: &Path, durable_writes: bool) -> Result<Self, StoreError> {
-        let db = ::sled::Config::new().path(path).open()?;
+    fn open_with(path: &Path, durable_writes: bool, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = ::sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open()?;
         let trees = TREE_NAMES
             .iter()
             .map(|name| db.open_tree(name))
@@ -395,6 +437,12 @@ impl SledStore {
         Ok(out)
     }
 
+    /// Whether `filter` asks for the reminder list and `cert` has been renewed already.
+    fn renewed_excluded(&self, filter: &CertFilter, cert: &CertRecord) -> Result<bool, StoreError> {
+        Ok(filter.expiring_before.is_some()
+            && self.tree(RENEWED_BY).contains_key(cert.serial.as_bytes())?)
+    }
+
     /// Runs `body` (scans plus one [`Self::transact`]) under the writer mutex, then waits
     /// until the change is durable and logs the audit entries it appended.
     fn mutate<A>(
@@ -511,8 +559,18 @@ impl SledStore {
     }
 }
 
-impl Store for SledStore {
-    fn create_ticket(&self, ticket: &TicketRecord, event: AuditEvent) -> Result<(), StoreError> {
+impl SledStore {
+    /// Stores a new ticket and, for a renewal, the serial it renews; a dead ticket of the
+    /// same number is replaced together with its renewal entry.
+    fn create_ticket_with(
+        &self,
+        ticket: &TicketRecord,
+        renews: Option<&str>,
+        event: AuditEvent,
+    ) -> Result<(), StoreError> {
+        let renewal = renews
+            .map(|serial| encode_versioned(RENEWAL_KIND, &serial))
+            .transpose()?;
         let value = encode(ticket)?;
         let key = ticket.number.as_bytes();
         self.mutate(|| {
@@ -527,10 +585,68 @@ impl Store for SledStore {
                     });
                 }
                 tickets.insert(key, value.as_slice())?;
+                match &renewal {
+                    Some(r) => tx.tree(RENEWALS).insert(key, r.as_slice())?,
+                    None => tx.tree(RENEWALS).remove(key)?,
+                };
                 let entry = append_audit_tx(tx, &event)?;
                 Ok(((), vec![entry]))
             })
         })
+    }
+}
+
+impl SledStore {
+    /// Redeems a ticket; for a renewal also records and schedules the supersession.
+    fn redeem_with(
+        &self,
+        number: &str,
+        password_mac: &[u8; 32],
+        now: OffsetDateTime,
+        cert: &CertRecord,
+        supersede: Option<&Supersession>,
+        event: AuditEvent,
+    ) -> Result<TicketRecord, StoreError> {
+        if cert.ticket_number != number {
+            return Err(StoreError::Invalid {
+                kind: "certificate",
+                detail: format!(
+                    "certificate {} names ticket {}, not {number}",
+                    cert.serial, cert.ticket_number
+                ),
+            });
+        }
+        let cert_value = encode(cert)?;
+        self.mutate(|| {
+            self.transact(|tx| {
+                let tickets = tx.tree(TICKETS);
+                let mut t = tx_ticket(tickets, number)?;
+                let actual = t.effective_state(now);
+                if actual != TicketState::Active {
+                    return abort(StoreError::StateMismatch { actual });
+                }
+                if !bool::from(t.password_mac.ct_eq(password_mac)) {
+                    return abort(StoreError::PasswordMismatch {
+                        number: number.to_owned(),
+                    });
+                }
+                if let Some(sup) = supersede {
+                    schedule_supersession_tx(tx, sup)?;
+                }
+                insert_cert_tx(tx, cert, &cert_value)?;
+                t.state = TicketState::Redeemed;
+                t.redeemed_serial = Some(cert.serial.clone());
+                tickets.insert(number.as_bytes(), encode(&t).or_else(abort)?)?;
+                let entry = append_audit_tx(tx, &event)?;
+                Ok((t, vec![entry]))
+            })
+        })
+    }
+}
+
+impl Store for SledStore {
+    fn create_ticket(&self, ticket: &TicketRecord, event: AuditEvent) -> Result<(), StoreError> {
+        self.create_ticket_with(ticket, None, event)
     }
 
     fn ticket(&self, number: &str) -> Result<Option<TicketRecord>, StoreError> {
@@ -592,37 +708,7 @@ impl Store for SledStore {
         cert: &CertRecord,
         event: AuditEvent,
     ) -> Result<TicketRecord, StoreError> {
-        if cert.ticket_number != number {
-            return Err(StoreError::Invalid {
-                kind: "certificate",
-                detail: format!(
-                    "certificate {} names ticket {}, not {number}",
-                    cert.serial, cert.ticket_number
-                ),
-            });
-        }
-        let cert_value = encode(cert)?;
-        self.mutate(|| {
-            self.transact(|tx| {
-                let tickets = tx.tree(TICKETS);
-                let mut t = tx_ticket(tickets, number)?;
-                let actual = t.effective_state(now);
-                if actual != TicketState::Active {
-                    return abort(StoreError::StateMismatch { actual });
-                }
-                if !bool::from(t.password_mac.ct_eq(password_mac)) {
-                    return abort(StoreError::PasswordMismatch {
-                        number: number.to_owned(),
-                    });
-                }
-                insert_cert_tx(tx, cert, &cert_value)?;
-                t.state = TicketState::Redeemed;
-                t.redeemed_serial = Some(cert.serial.clone());
-                tickets.insert(number.as_bytes(), encode(&t).or_else(abort)?)?;
-                let entry = append_audit_tx(tx, &event)?;
-                Ok((t, vec![entry]))
-            })
-        })
+        self.redeem_with(number, password_mac, now, cert, None, event)
     }
 
     fn ticket_counts(&self, now: OffsetDateTime) -> Result<Vec<(TicketState, u64)>, StoreError> {
@@ -679,7 +765,7 @@ impl Store for SledStore {
                             detail: format!("names certificate {serial}, which does not exist"),
                         }
                     })?;
-                    if filter.matches(&cert) {
+                    if filter.matches(&cert) && !self.renewed_excluded(filter, &cert)? {
                         out.push(cert);
                         if out.len() == limit {
                             break;
@@ -698,7 +784,7 @@ impl Store for SledStore {
                 {
                     let (k, v) = kv?;
                     let cert: CertRecord = decode(&v, &String::from_utf8_lossy(&k))?;
-                    if filter.matches(&cert) {
+                    if filter.matches(&cert) && !self.renewed_excluded(filter, &cert)? {
                         out.push(cert);
                         if out.len() == limit {
                             break;
@@ -766,6 +852,173 @@ impl Store for SledStore {
             unexpired += 1;
         }
         Ok((total, revoked, unexpired))
+    }
+
+    fn create_renewal_ticket(
+        &self,
+        ticket: &TicketRecord,
+        renews_serial: &str,
+        event: AuditEvent,
+    ) -> Result<(), StoreError> {
+        self.create_ticket_with(ticket, Some(renews_serial), event)
+    }
+
+    fn ticket_renews(&self, number: &str) -> Result<Option<String>, StoreError> {
+        self.tree(RENEWALS)
+            .get(number.as_bytes())?
+            .map(|v| decode_versioned(&v, RENEWAL_KIND, number))
+            .transpose()
+    }
+
+    fn redeem_renewal(
+        &self,
+        number: &str,
+        password_mac: &[u8; 32],
+        now: OffsetDateTime,
+        cert: &CertRecord,
+        supersede: &Supersession,
+        event: AuditEvent,
+    ) -> Result<TicketRecord, StoreError> {
+        if supersede.renewed_by != cert.serial {
+            return Err(StoreError::Invalid {
+                kind: "supersession",
+                detail: format!(
+                    "names {} as the renewing certificate, not {}",
+                    supersede.renewed_by, cert.serial
+                ),
+            });
+        }
+        self.redeem_with(number, password_mac, now, cert, Some(supersede), event)
+    }
+
+    fn renewed_by(&self, serial: &str) -> Result<Option<String>, StoreError> {
+        self.tree(RENEWED_BY)
+            .get(serial.as_bytes())?
+            .map(|v| decode_versioned(&v, RENEWAL_KIND, serial))
+            .transpose()
+    }
+
+    fn apply_due_supersessions(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+        revocation: &Revocation,
+        event: AuditEvent,
+    ) -> Result<Vec<CertRecord>, StoreError> {
+        self.mutate(|| {
+            // Under the writer mutex: the schedule cannot change between scan and commit.
+            let end = time_key(now.unix_timestamp().saturating_add(1));
+            let due: Vec<(IVec, String)> = self
+                .tree(SUPERSEDE_DUE)
+                .range(..end.as_slice())
+                .keys()
+                .take(limit)
+                .map(|k| {
+                    let k = k?;
+                    let serial = std::str::from_utf8(k.get(8..).unwrap_or_default())
+                        .map_err(|_| StoreError::Corrupt {
+                            kind: "supersession",
+                            key: hex::encode(&k),
+                            detail: "serial is not UTF-8".to_owned(),
+                        })?
+                        .to_owned();
+                    Ok((k, serial))
+                })
+                .collect::<Result<_, StoreError>>()?;
+            if due.is_empty() {
+                return Ok((Vec::new(), Vec::new()));
+            }
+            self.transact(|tx| {
+                let certs = tx.tree(CERTS);
+                let mut out = Vec::new();
+                let mut entries = Vec::new();
+                for (key, serial) in &due {
+                    tx.tree(SUPERSEDE_DUE).remove(key)?;
+                    let Some(mut cert) = tx_get::<CertRecord>(certs, serial)? else {
+                        continue;
+                    };
+                    if cert.revocation.is_some() || cert.is_expired(now) {
+                        continue;
+                    }
+                    cert.revocation = Some(revocation.clone());
+                    certs.insert(serial.as_bytes(), encode(&cert).or_else(abort)?)?;
+                    let entry = RevokedEntry {
+                        serial: serial.clone(),
+                        not_after: cert.not_after,
+                        revocation: revocation.clone(),
+                    };
+                    tx.tree(IDX_REVOKED).insert(
+                        idx_key(&cert.issuer_id, serial),
+                        encode_versioned(REVOKED_KIND, &entry).or_else(abort)?,
+                    )?;
+                    bump_tx(tx, &meta_key(META_REVOKED, &cert.issuer_id))?;
+                    entries.push(append_audit_tx(
+                        tx,
+                        &AuditEvent {
+                            target: serial.clone(),
+                            ..event.clone()
+                        },
+                    )?);
+                    out.push(cert);
+                }
+                Ok((out, entries))
+            })
+        })
+    }
+
+    fn next_supersession(&self) -> Result<Option<Supersession>, StoreError> {
+        let Some((k, v)) = self.tree(SUPERSEDE_DUE).first()? else {
+            return Ok(None);
+        };
+        let corrupt = |detail: &str| StoreError::Corrupt {
+            kind: "supersession",
+            key: hex::encode(&k),
+            detail: detail.to_owned(),
+        };
+        let due = k
+            .get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(|b| (u64::from_be_bytes(b) ^ (1 << 63)) as i64)
+            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+            .ok_or_else(|| corrupt("bad due time"))?;
+        let serial = std::str::from_utf8(k.get(8..).unwrap_or_default())
+            .map_err(|_| corrupt("serial is not UTF-8"))?
+            .to_owned();
+        let renewed_by = decode_versioned(&v, RENEWAL_KIND, &serial)?;
+        Ok(Some(Supersession {
+            serial,
+            renewed_by,
+            due,
+        }))
+    }
+
+    fn count_expiring(
+        &self,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        for kv in self.tree(ISSUERS).iter() {
+            let (id, _) = kv?;
+            let issuer = String::from_utf8_lossy(&id);
+            let prefix = id_prefix(&issuer);
+            let start = concat(&prefix, &time_key(now.unix_timestamp().saturating_add(1)));
+            let end = concat(&prefix, &time_key(until.unix_timestamp().saturating_add(1)));
+            let skip = prefix.len() + 8;
+            for k in self.tree(IDX_EXPIRY).range(start..end).keys() {
+                let k = k?;
+                let serial = k.get(skip..).unwrap_or_default();
+                if self
+                    .tree(IDX_REVOKED)
+                    .contains_key(concat(&prefix, serial))?
+                    || self.tree(RENEWED_BY).contains_key(serial)?
+                {
+                    continue;
+                }
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     fn put_issuer(&self, issuer: &IssuerRecord, event: AuditEvent) -> Result<(), StoreError> {
@@ -1076,6 +1329,28 @@ fn insert_cert_tx(tx: &Tx<'_>, cert: &CertRecord, value: &[u8]) -> TxResult<()> 
         )?;
         bump_tx(tx, &meta_key(META_REVOKED, &cert.issuer_id))?;
     }
+    Ok(())
+}
+
+/// Records `sup.serial` as renewed by `sup.renewed_by` and schedules its supersession, unless
+/// an earlier renewal already did; `Revoked` if the renewed certificate is revoked.
+fn schedule_supersession_tx(tx: &Tx<'_>, sup: &Supersession) -> TxResult<()> {
+    let Some(old) = tx_get::<CertRecord>(tx.tree(CERTS), &sup.serial)? else {
+        return abort(not_found("certificate", &sup.serial));
+    };
+    if old.revocation.is_some() {
+        return abort(StoreError::Revoked {
+            serial: sup.serial.clone(),
+        });
+    }
+    let renewed_by = tx.tree(RENEWED_BY);
+    if renewed_by.get(sup.serial.as_bytes())?.is_some() {
+        return Ok(());
+    }
+    let value = encode_versioned(RENEWAL_KIND, &sup.renewed_by).or_else(abort)?;
+    renewed_by.insert(sup.serial.as_bytes(), value.as_slice())?;
+    let key = concat(&time_key(sup.due.unix_timestamp()), sup.serial.as_bytes());
+    tx.tree(SUPERSEDE_DUE).insert(key, value)?;
     Ok(())
 }
 
@@ -1394,6 +1669,141 @@ pub(crate) mod tests {
         s.redeem_ticket(number, &MAC, T0, &c, ev("ticket.redeem", number))
             .expect("redeem");
         c
+    }
+
+    #[test]
+    fn renewal_schedules_supersession_and_reminders_skip_renewed() {
+        let (_d, s) = store();
+        let issuer = IssuerRecord {
+            version: RECORD_VERSION,
+            id: "issuer-1".into(),
+            state: IssuerState::Active,
+            cert_der: vec![0x30, 0x00],
+            not_before: T0,
+            not_after: T0 + time::Duration::days(1000),
+            created_at: T0,
+        };
+        s.put_issuer(&issuer, ev("issuer", "issuer-1"))
+            .expect("issuer");
+        let soon = T0 + time::Duration::days(20);
+        s.create_ticket(&ticket("10000001"), ev("ticket.create", "1"))
+            .expect("ticket");
+        let old = cert("0a", "10000001", "fac-1", soon);
+        s.redeem_ticket("10000001", &MAC, T0, &old, ev("redeem", "1"))
+            .expect("redeem");
+        let month = T0 + time::Duration::days(30);
+        assert_eq!(s.count_expiring(T0, month).expect("count"), 1);
+        assert_eq!(
+            s.count_expiring(T0, T0 + time::Duration::days(10))
+                .expect("count"),
+            0
+        );
+
+        s.create_renewal_ticket(&ticket("10000002"), "0a", ev("ticket.create", "2"))
+            .expect("renewal ticket");
+        assert_eq!(
+            s.ticket_renews("10000002").expect("read").as_deref(),
+            Some("0a")
+        );
+        assert_eq!(s.ticket_renews("10000001").expect("read"), None);
+        let mut new = cert("0b", "10000002", "fac-1", soon);
+        new.person_id = old.person_id.clone();
+        new.device_id = old.device_id.clone();
+        let due = T0 + time::Duration::days(7);
+        let sup = Supersession {
+            serial: "0a".into(),
+            renewed_by: "0b".into(),
+            due,
+        };
+        s.redeem_renewal("10000002", &MAC, T0, &new, &sup, ev("redeem", "2"))
+            .expect("redeem renewal");
+        assert_eq!(s.renewed_by("0a").expect("read").as_deref(), Some("0b"));
+        assert_eq!(s.next_supersession().expect("next"), Some(sup));
+        // The renewed one is off the reminder list and the count; the new one is on them.
+        assert_eq!(s.count_expiring(T0, month).expect("count"), 1);
+        let reminders = s
+            .list_certificates(
+                &CertFilter {
+                    expiring_before: Some(month),
+                    ..Default::default()
+                },
+                None,
+                10,
+            )
+            .expect("list");
+        assert_eq!(
+            reminders
+                .iter()
+                .map(|c| c.serial.as_str())
+                .collect::<Vec<_>>(),
+            ["0b"]
+        );
+
+        let revocation = Revocation {
+            revoked_at: due,
+            reason: RevocationReason::Superseded,
+            invalidity_date: None,
+        };
+        let early = s
+            .apply_due_supersessions(
+                due - time::Duration::seconds(1),
+                10,
+                &revocation,
+                ev("r", ""),
+            )
+            .expect("apply early");
+        assert!(early.is_empty());
+        assert!(
+            !s.certificate("0a")
+                .expect("read")
+                .expect("exists")
+                .is_revoked()
+        );
+        let applied = s
+            .apply_due_supersessions(due, 10, &revocation, ev("revoke", ""))
+            .expect("apply");
+        assert_eq!(applied.len(), 1);
+        let stored = s.certificate("0a").expect("read").expect("exists");
+        assert_eq!(stored.revocation, Some(revocation.clone()));
+        assert_eq!(s.next_supersession().expect("next"), None);
+        assert_eq!(s.revocation_entries("issuer-1").expect("entries").len(), 1);
+        assert_eq!(
+            s.certificate_counts("issuer-1", T0).expect("counts").1,
+            1,
+            "revoked counter"
+        );
+        let last = s
+            .audit_entries(1, 100)
+            .expect("audit")
+            .pop()
+            .expect("entry");
+        assert_eq!(last.target, "0a");
+
+        // A revoked certificate cannot be renewed, and nothing of the attempt is stored.
+        s.create_renewal_ticket(&ticket("10000003"), "0a", ev("ticket.create", "3"))
+            .expect("renewal ticket");
+        let third = cert("0c", "10000003", "fac-1", soon);
+        let err = s.redeem_renewal(
+            "10000003",
+            &MAC,
+            T0,
+            &third,
+            &Supersession {
+                serial: "0a".into(),
+                renewed_by: "0c".into(),
+                due,
+            },
+            ev("redeem", "3"),
+        );
+        assert!(matches!(err, Err(StoreError::Revoked { .. })), "{err:?}");
+        assert_eq!(s.certificate("0c").expect("read"), None);
+        // A dead renewal ticket replaced by a new registration forgets what it renewed.
+        let mut later = ticket("10000003");
+        later.created_at = T0 + time::Duration::days(15);
+        later.expires_at = later.created_at + time::Duration::days(14);
+        s.create_ticket(&later, ev("ticket.create", "3"))
+            .expect("replace dead ticket");
+        assert_eq!(s.ticket_renews("10000003").expect("read"), None);
     }
 
     #[test]

@@ -42,6 +42,7 @@ fn create_request() -> v1::CreateTicketRequest {
         device: Some(device()),
         profile: String::new(),
         approved_by: "事務局 佐藤".into(),
+        renews_serial: String::new(),
     }
 }
 
@@ -519,6 +520,35 @@ fn create_ticket_errors_carry_dotted_paths() {
 }
 
 #[test]
+fn renewal_needs_a_serial_and_no_approval() {
+    let renewal = CreateTicket::try_from(v1::CreateTicketRequest {
+        approved_by: String::new(),
+        renews_serial: "0a1b2c".into(),
+        ..create_request()
+    })
+    .expect("a renewal needs no approved_by");
+    assert_eq!(renewal.renews_serial.as_deref(), Some("0a1b2c"));
+    assert_eq!(renewal.approved_by, "");
+    assert_eq!(
+        v1::CreateTicketRequest::from(renewal).renews_serial,
+        "0a1b2c"
+    );
+    let mut upper = create_request();
+    upper.renews_serial = "0A1B".into();
+    assert_err(
+        CreateTicket::try_from(upper),
+        "renews_serial",
+        Problem::NotLowercaseHex,
+    );
+    assert_eq!(
+        CreateTicket::try_from(create_request())
+            .expect("valid")
+            .renews_serial,
+        None
+    );
+}
+
+#[test]
 fn redeem_ticket_converts_and_redacts_the_password() {
     let r = RedeemTicket::try_from(redeem_request()).expect("valid");
     assert_eq!(r.number, "01234567");
@@ -726,6 +756,7 @@ fn list_certificates_converts() {
         status: v1::CertificateState::Revoked as i32,
         page_size: 50,
         page_token: "AbC+/=".into(),
+        expiring_before: None,
     };
     let l = ListCertificates::try_from(req.clone()).expect("valid");
     assert_eq!(l.facility_id.as_deref(), Some("f"));
@@ -842,7 +873,7 @@ proptest! {
         });
         let _ = ListCertificates::try_from(v1::ListCertificatesRequest {
             facility_id: s.clone(), person_id: s.clone(), device_id: s.clone(), status: n,
-            page_size: 0, page_token: s.clone(),
+            page_size: 0, page_token: s.clone(), expiring_before: None,
         });
         let _ = Revoke::try_from(v1::RevokeRequest {
             target: Some(v1::revoke_request::Target::Serial(s.clone())), reason: n,
@@ -901,11 +932,13 @@ proptest! {
     fn create_ticket_round_trips(
         facility in domain_facility(), person in domain_person(), device in domain_device(),
         profile in prop::option::of(id()), approved_by in required_text(),
+        renews_serial in prop::option::of("[0-9a-f]{1,40}"),
     ) {
         let c = CreateTicket {
             enrollee: domain::Enrollee { facility, person, device },
             profile,
             approved_by,
+            renews_serial,
         };
         let proto = over_the_wire(&v1::CreateTicketRequest::from(c.clone()));
         prop_assert_eq!(CreateTicket::try_from(proto), Ok(c));

@@ -9,7 +9,8 @@
 //!   OCSP p99 while redemptions saturate the cores;
 //! - `crl`: CRL build + sign for 10k/100k/1M entries vs `openssl ca -gencrl`, time and peak RSS;
 //! - `reach`: revoke → the example gateway refuses the certificate;
-//! - `scale`: redemption rate and restart time with a small and a large store.
+//! - `scale`: redemption rate and restart time with a small and a large store;
+//! - `footprint`: disk per certificate, memory under load with a large store, backup size and time.
 //!
 //! Helpers used by those: `bare-http` (the bare HTTP peer), `crl-child` (one CRL build in its
 //! own process, for its peak RSS), `crl-index` (the same entries as an openssl `index.txt`).
@@ -18,6 +19,7 @@
 mod common;
 mod crl;
 mod error;
+mod footprint;
 mod ocsp;
 mod reach;
 mod redemption;
@@ -87,6 +89,8 @@ enum Cmd {
     Reach(BenchArgs),
     /// Benchmark 5: small vs large store.
     Scale(BenchArgs),
+    /// Benchmark 6: footprint (disk, memory, backup) with a large store.
+    Footprint(BenchArgs),
     /// Helper: a bare HTTP server answering every request with a fixed body.
     BareHttp {
         /// Listen address.
@@ -134,6 +138,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Crl(a) => bench(a, |m, w| Box::pin(crl::run(m, w))),
         Cmd::Reach(a) => bench(a, |m, w| Box::pin(reach::run(m, w))),
         Cmd::Scale(a) => bench(a, |m, w| Box::pin(scale::run(m, w))),
+        Cmd::Footprint(a) => bench(a, |m, w| Box::pin(footprint::run(m, w))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

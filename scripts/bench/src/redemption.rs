@@ -219,6 +219,7 @@ fn floor_bundle_leaf(
             display_name: &enrollee.person.display_name(),
             organization: &enrollee.facility.name,
             serial_hex: &leaf.serial_hex,
+            device_identity: &ca_daemon::renewal::device_identity(&enrollee),
         })
         .map_err(|e| BenchError::Failed(format!("build_mobileconfig: {e}")))?;
         size += mc.len();

@@ -23,11 +23,16 @@ use crate::{Mode, Section};
 
 /// Writer threads while seeding: the store serialises transactions and the bulk load does not
 /// wait for flushes, so a few threads (building records while one commits) are enough.
-const SEED_THREADS: usize = 4;
+pub const SEED_THREADS: usize = 4;
 
 /// Seeds up to `n` redeemed certificates into the stopped daemon's store in `data_dir`, with
 /// `threads` writers (bulk load: one flush at the end), stopping at `budget`. Returns how many were written.
-fn seed(data_dir: &Path, n: usize, budget: Duration, threads: usize) -> Result<(usize, Duration)> {
+pub fn seed(
+    data_dir: &Path,
+    n: usize,
+    budget: Duration,
+    threads: usize,
+) -> Result<(usize, Duration)> {
     let pki = common::load_pki(data_dir)?;
     let issuer_id = pki.active_issuer_id.clone();
     let policy = Policy::default_policy();
