@@ -333,6 +333,56 @@ impl Authority {
         }
     }
 
+    /// The publication guard: `Err` (and an alarm: error log, `ca_crl_guard_refusals_total`,
+    /// revocation health NOT_SERVING) when the store's revocation index lacks an unexpired
+    /// entry of the previous CRL (the kept one, else the store's own), so the CRL built from
+    /// it would withdraw a published revocation. The last good CRL keeps being served.
+    fn crl_guard(
+        &self,
+        issuer_id: &str,
+        have: &HashSet<String>,
+        store: &dyn Store,
+        promises: Option<&Promises>,
+    ) -> Result<(), CaError> {
+        let label = metrics::IssuerLabel {
+            issuer: issuer_id.to_string(),
+        };
+        let m = metrics::metrics();
+        let missing = crate::promises::guard_missing(
+            store,
+            issuer_id,
+            have,
+            promises,
+            OffsetDateTime::now_utc(),
+        )
+        .map_err(|e| match e {
+            crate::promises::PromiseError::Store(e) => store_err(e),
+            e => CaError::internal(e),
+        })?;
+        let mut blocked = self
+            .crl_blocked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if missing.is_empty() {
+            if blocked.remove(issuer_id) {
+                tracing::info!(issuer = %issuer_id, "CRL guard released: the store holds every published revocation again");
+            }
+            m.crl_guard_blocked.get_or_create(&label).set(0);
+            return Ok(());
+        }
+        blocked.insert(issuer_id.to_string());
+        m.crl_guard_refusals.get_or_create(&label).inc();
+        m.crl_guard_blocked.get_or_create(&label).set(1);
+        let shown: Vec<&str> = missing.iter().take(10).map(String::as_str).collect();
+        tracing::error!(issuer = %issuer_id, missing = missing.len(), serials = %shown.join(","),
+            "CRL publication refused: it would drop unexpired entries of the last published CRL; serving the last good CRL (run `ca-daemon store reconcile`)");
+        Err(CaError::Unavailable(format!(
+            "CRL of {issuer_id} not published: the store lacks {} unexpired revocation(s) of the last published CRL ({}); the last good CRL is still served",
+            missing.len(),
+            shown.join(", ")
+        )))
+    }
+
     /// The policy in force.
     pub fn policy(&self) -> &Policy {
         &self.policy
@@ -1161,80 +1211,6 @@ impl Authority {
         Ok(record)
     }
 
-    /// The publication guard: `Err` (and an alarm: error log, `ca_crl_guard_refusals_total`,
-    /// revocation health NOT_SERVING) when the store's revocation index lacks an unexpired
-    /// entry of the previous CRL (the kept one, else the store's own), so the CRL built from
-    /// it would withdraw a published revocation. The last good CRL keeps being served.
-    fn crl_guard(
-        &self,
-        issuer_id: &str,
-        have: &HashSet<String>,
-        store: &dyn Store,
-        promises: Option<&Promises>,
-    ) -> Result<(), CaError> {
-        let label = metrics::IssuerLabel {
-            issuer: issuer_id.to_string(),
-        };
-        let m = metrics::metrics();
-        let now = OffsetDateTime::now_utc();
-        // Known to have expired: a CRL may drop it.
-        let expired = |serial: &str| -> Result<bool, CaError> {
-            Ok(store
-                .certificate(serial)
-                .map_err(store_err)?
-                .is_some_and(|c| c.not_after < now))
-        };
-        // The kept CRL's serials are in memory (no parse of a large CRL per publication);
-        // without one, the store's own last CRL is the previous one.
-        let missing = match promises.and_then(|p| p.unlisted_serials(issuer_id, have)) {
-            Some(unlisted) => {
-                let mut out = Vec::new();
-                for serial in unlisted {
-                    if !expired(&serial)? {
-                        out.push(serial);
-                    }
-                }
-                out
-            }
-            None => match store.latest_crl(issuer_id).map_err(store_err)? {
-                None => Vec::new(),
-                Some(previous) => {
-                    let published = crate::promises::parse_crl(&previous.der, issuer_id, None)
-                        .map_err(CaError::internal)?;
-                    let mut out = Vec::new();
-                    for e in published.entries {
-                        if !have.contains(&e.serial) && !expired(&e.serial)? {
-                            out.push(e.serial);
-                        }
-                    }
-                    out
-                }
-            },
-        };
-        let mut blocked = self
-            .crl_blocked
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if missing.is_empty() {
-            if blocked.remove(issuer_id) {
-                tracing::info!(issuer = %issuer_id, "CRL guard released: the store holds every published revocation again");
-            }
-            m.crl_guard_blocked.get_or_create(&label).set(0);
-            return Ok(());
-        }
-        blocked.insert(issuer_id.to_string());
-        m.crl_guard_refusals.get_or_create(&label).inc();
-        m.crl_guard_blocked.get_or_create(&label).set(1);
-        let shown: Vec<&str> = missing.iter().take(10).map(String::as_str).collect();
-        tracing::error!(issuer = %issuer_id, missing = missing.len(), serials = %shown.join(","),
-            "CRL publication refused: it would drop unexpired entries of the last published CRL; serving the last good CRL (run `ca-daemon store reconcile`)");
-        Err(CaError::Unavailable(format!(
-            "CRL of {issuer_id} not published: the store lacks {} unexpired revocation(s) of the last published CRL ({}); the last good CRL is still served",
-            missing.len(),
-            shown.join(", ")
-        )))
-    }
-
     /// Drains revocation notifications, waits the policy's batch window so revocations that
     /// arrive together share one CRL, and republishes. Also republishes on schedule before
     /// `nextUpdate` and refreshes OCSP responses due for re-signing. Runs until the sender side
@@ -1469,21 +1445,7 @@ impl Authority {
         }
         let store = self.store.clone();
         blocking(move || {
-            let v = store.verify_audit().map_err(store_err)?;
-            if !v.ok {
-                return Ok(v);
-            }
-            let head = store.durable_audit_head().map_err(store_err)?;
-            Ok(
-                match crate::promises::audit_problem(store.as_ref(), &cp, head) {
-                    None => v,
-                    Some(problem) => AuditVerification::bad(
-                        v.entries.min(cp.seq.saturating_sub(1)),
-                        cp.seq.min(head.seq + 1),
-                        format!("since the checkpoint: {problem}"),
-                    ),
-                },
-            )
+            crate::promises::verify_against_checkpoint(store.as_ref(), &cp).map_err(store_err)
         })
         .await
     }
