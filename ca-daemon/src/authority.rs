@@ -340,10 +340,11 @@ impl Authority {
     fn crl_guard(
         &self,
         issuer_id: &str,
-        have: &HashSet<String>,
+        entries: &[RevokedEntry],
         store: &dyn Store,
         promises: Option<&Promises>,
     ) -> Result<(), CaError> {
+        let have: HashSet<String> = entries.iter().map(|e| e.serial_hex.clone()).collect();
         let label = metrics::IssuerLabel {
             issuer: issuer_id.to_string(),
         };
@@ -351,7 +352,7 @@ impl Authority {
         let missing = crate::promises::guard_missing(
             store,
             issuer_id,
-            have,
+            &have,
             promises,
             OffsetDateTime::now_utc(),
         )
@@ -1111,8 +1112,6 @@ impl Authority {
             let _one_at_a_time = gate
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            // Never withdraw a published revocation: every unexpired entry of the previous
-            // CRL must be on this one (checked before a number is reserved).
             // The number is at least the current Unix time (as Boulder does): it only ever
             // grows, also after a restore from an older backup, which would otherwise reissue
             // numbers already published with different content. The store's counter keeps it
@@ -1131,12 +1130,8 @@ impl Authority {
                     invalidity_date: e.revocation.invalidity_date,
                 })
                 .collect();
-            // Never withdraw a published revocation: every unexpired entry of the previous
-            // CRL must be on this one.
-            {
-                let have: HashSet<String> = entries.iter().map(|e| e.serial_hex.clone()).collect();
-                this.crl_guard(&issuer.id, &have, store.as_ref(), promises.as_deref())?;
-            }
+            // Never withdraw a published revocation (see `crl_guard`).
+            this.crl_guard(&issuer.id, &entries, store.as_ref(), promises.as_deref())?;
             let now = OffsetDateTime::now_utc();
             let this_update = now.replace_nanosecond(0).unwrap_or(now);
             let next_update = this_update + Duration::hours(next_update_hours);
@@ -1160,21 +1155,7 @@ impl Authority {
                 next_update,
                 der,
             };
-            // Kept outside the store before it is saved and served: a CRL that cannot be kept
-            // (disk full) is not published (UNAVAILABLE), so nothing is served that a lost
-            // store could later withdraw.
-            if let Some(p) = &promises {
-                // The entries were read from committed state; make it durable first, so a
-                // crash now never leaves a kept CRL ahead of the store.
-                store.durable_audit_head().map_err(store_err)?;
-                p.keep_crl(&record, entries.iter().map(|e| e.serial_hex.as_str()))
-                    .map_err(|e| match e {
-                        crate::promises::PromiseError::Io { path, source } => {
-                            store_err(StoreError::Io { path, source })
-                        }
-                        e => CaError::internal(e),
-                    })?;
-            }
+            keep_crl(&record, &entries, store.as_ref(), promises.as_deref())?;
             store
                 .save_crl(
                     &record,
@@ -1189,7 +1170,6 @@ impl Authority {
             if let Some(p) = &promises
                 && let Err(e) = p.checkpoint(store.as_ref(), "crl.published", true)
             {
-                // The previous checkpoint stays valid (the store is ahead of it).
                 tracing::error!(error = %e, "writing the audit checkpoint failed");
             }
             Ok(record)
@@ -1548,6 +1528,27 @@ impl Authority {
         blocking(move || store.append_audit(event).map(|_| ()).map_err(store_err)).await?;
         Ok(bytes)
     }
+}
+
+/// Keeps `record` outside the store before it is saved and served (see [`crate::promises`]):
+/// a CRL that cannot be kept (disk full) is not published (UNAVAILABLE), so nothing is served
+/// that a lost store could later withdraw. The entries were read from committed state; it is
+/// made durable first, so a crash never leaves a kept CRL ahead of the store.
+fn keep_crl(
+    record: &CrlRecord,
+    entries: &[RevokedEntry],
+    store: &dyn Store,
+    promises: Option<&Promises>,
+) -> Result<(), CaError> {
+    let Some(p) = promises else { return Ok(()) };
+    store.durable_audit_head().map_err(store_err)?;
+    p.keep_crl(record, entries.iter().map(|e| e.serial_hex.as_str()))
+        .map_err(|e| match e {
+            crate::promises::PromiseError::Io { path, source } => {
+                store_err(StoreError::Io { path, source })
+            }
+            e => CaError::internal(e),
+        })
 }
 
 /// Sets the per-issuer CRL gauges (number, thisUpdate) from the latest CRL.
