@@ -351,6 +351,57 @@ impl Authority {
         }
     }
 
+    /// The publication guard: `Err` (and an alarm: error log, `ca_crl_guard_refusals_total`,
+    /// revocation health NOT_SERVING) when the store's revocation index lacks an unexpired
+    /// entry of the previous CRL (the kept one, else the store's own), so the CRL built from
+    /// it would withdraw a published revocation. The last good CRL keeps being served.
+    fn crl_guard(
+        &self,
+        issuer_id: &str,
+        entries: &[RevokedEntry],
+        store: &dyn Store,
+        promises: Option<&Promises>,
+    ) -> Result<(), CaError> {
+        let have: HashSet<String> = entries.iter().map(|e| e.serial_hex.clone()).collect();
+        let label = metrics::IssuerLabel {
+            issuer: issuer_id.to_string(),
+        };
+        let m = metrics::metrics();
+        let missing = crate::promises::guard_missing(
+            store,
+            issuer_id,
+            &have,
+            promises,
+            OffsetDateTime::now_utc(),
+        )
+        .map_err(|e| match e {
+            crate::promises::PromiseError::Store(e) => store_err(e),
+            e => CaError::internal(e),
+        })?;
+        let mut blocked = self
+            .crl_blocked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if missing.is_empty() {
+            if blocked.remove(issuer_id) {
+                tracing::info!(issuer = %issuer_id, "CRL guard released: the store holds every published revocation again");
+            }
+            m.crl_guard_blocked.get_or_create(&label).set(0);
+            return Ok(());
+        }
+        blocked.insert(issuer_id.to_string());
+        m.crl_guard_refusals.get_or_create(&label).inc();
+        m.crl_guard_blocked.get_or_create(&label).set(1);
+        let shown: Vec<&str> = missing.iter().take(10).map(String::as_str).collect();
+        tracing::error!(issuer = %issuer_id, missing = missing.len(), serials = %shown.join(","),
+            "CRL publication refused: it would drop unexpired entries of the last published CRL; serving the last good CRL (run `ca-daemon store reconcile`)");
+        Err(CaError::Unavailable(format!(
+            "CRL of {issuer_id} not published: the store lacks {} unexpired revocation(s) of the last published CRL ({}); the last good CRL is still served",
+            missing.len(),
+            shown.join(", ")
+        )))
+    }
+
     /// The policy in force.
     pub fn policy(&self) -> &Policy {
         &self.policy
@@ -1212,8 +1263,6 @@ impl Authority {
             let _one_at_a_time = gate
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            // Never withdraw a published revocation: every unexpired entry of the previous
-            // CRL must be on this one (checked before a number is reserved).
             // The number is at least the current Unix time (as Boulder does): it only ever
             // grows, also after a restore from an older backup, which would otherwise reissue
             // numbers already published with different content. The store's counter keeps it
@@ -1232,12 +1281,8 @@ impl Authority {
                     invalidity_date: e.revocation.invalidity_date,
                 })
                 .collect();
-            // Never withdraw a published revocation: every unexpired entry of the previous
-            // CRL must be on this one.
-            {
-                let have: HashSet<String> = entries.iter().map(|e| e.serial_hex.clone()).collect();
-                this.crl_guard(&issuer.id, &have, store.as_ref(), promises.as_deref())?;
-            }
+            // Never withdraw a published revocation (see `crl_guard`).
+            this.crl_guard(&issuer.id, &entries, store.as_ref(), promises.as_deref())?;
             let now = OffsetDateTime::now_utc();
             let this_update = now.replace_nanosecond(0).unwrap_or(now);
             let next_update = this_update + Duration::hours(next_update_hours);
@@ -1261,21 +1306,7 @@ impl Authority {
                 next_update,
                 der,
             };
-            // Kept outside the store before it is saved and served: a CRL that cannot be kept
-            // (disk full) is not published (UNAVAILABLE), so nothing is served that a lost
-            // store could later withdraw.
-            if let Some(p) = &promises {
-                // The entries were read from committed state; make it durable first, so a
-                // crash now never leaves a kept CRL ahead of the store.
-                store.durable_audit_head().map_err(store_err)?;
-                p.keep_crl(&record, entries.iter().map(|e| e.serial_hex.as_str()))
-                    .map_err(|e| match e {
-                        crate::promises::PromiseError::Io { path, source } => {
-                            store_err(StoreError::Io { path, source })
-                        }
-                        e => CaError::internal(e),
-                    })?;
-            }
+            keep_crl(&record, &entries, store.as_ref(), promises.as_deref())?;
             store
                 .save_crl(
                     &record,
@@ -1290,7 +1321,6 @@ impl Authority {
             if let Some(p) = &promises
                 && let Err(e) = p.checkpoint(store.as_ref(), "crl.published", true)
             {
-                // The previous checkpoint stays valid (the store is ahead of it).
                 tracing::error!(error = %e, "writing the audit checkpoint failed");
             }
             Ok(record)
@@ -1310,80 +1340,6 @@ impl Authority {
             newer
         });
         Ok(record)
-    }
-
-    /// The publication guard: `Err` (and an alarm: error log, `ca_crl_guard_refusals_total`,
-    /// revocation health NOT_SERVING) when the store's revocation index lacks an unexpired
-    /// entry of the previous CRL (the kept one, else the store's own), so the CRL built from
-    /// it would withdraw a published revocation. The last good CRL keeps being served.
-    fn crl_guard(
-        &self,
-        issuer_id: &str,
-        have: &HashSet<String>,
-        store: &dyn Store,
-        promises: Option<&Promises>,
-    ) -> Result<(), CaError> {
-        let label = metrics::IssuerLabel {
-            issuer: issuer_id.to_string(),
-        };
-        let m = metrics::metrics();
-        let now = OffsetDateTime::now_utc();
-        // Known to have expired: a CRL may drop it.
-        let expired = |serial: &str| -> Result<bool, CaError> {
-            Ok(store
-                .certificate(serial)
-                .map_err(store_err)?
-                .is_some_and(|c| c.not_after < now))
-        };
-        // The kept CRL's serials are in memory (no parse of a large CRL per publication);
-        // without one, the store's own last CRL is the previous one.
-        let missing = match promises.and_then(|p| p.unlisted_serials(issuer_id, have)) {
-            Some(unlisted) => {
-                let mut out = Vec::new();
-                for serial in unlisted {
-                    if !expired(&serial)? {
-                        out.push(serial);
-                    }
-                }
-                out
-            }
-            None => match store.latest_crl(issuer_id).map_err(store_err)? {
-                None => Vec::new(),
-                Some(previous) => {
-                    let published = crate::promises::parse_crl(&previous.der, issuer_id, None)
-                        .map_err(CaError::internal)?;
-                    let mut out = Vec::new();
-                    for e in published.entries {
-                        if !have.contains(&e.serial) && !expired(&e.serial)? {
-                            out.push(e.serial);
-                        }
-                    }
-                    out
-                }
-            },
-        };
-        let mut blocked = self
-            .crl_blocked
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if missing.is_empty() {
-            if blocked.remove(issuer_id) {
-                tracing::info!(issuer = %issuer_id, "CRL guard released: the store holds every published revocation again");
-            }
-            m.crl_guard_blocked.get_or_create(&label).set(0);
-            return Ok(());
-        }
-        blocked.insert(issuer_id.to_string());
-        m.crl_guard_refusals.get_or_create(&label).inc();
-        m.crl_guard_blocked.get_or_create(&label).set(1);
-        let shown: Vec<&str> = missing.iter().take(10).map(String::as_str).collect();
-        tracing::error!(issuer = %issuer_id, missing = missing.len(), serials = %shown.join(","),
-            "CRL publication refused: it would drop unexpired entries of the last published CRL; serving the last good CRL (run `ca-daemon store reconcile`)");
-        Err(CaError::Unavailable(format!(
-            "CRL of {issuer_id} not published: the store lacks {} unexpired revocation(s) of the last published CRL ({}); the last good CRL is still served",
-            missing.len(),
-            shown.join(", ")
-        )))
     }
 
     /// Drains revocation notifications, waits the policy's batch window so revocations that
@@ -1758,21 +1714,7 @@ impl Authority {
         }
         let store = self.store.clone();
         blocking(move || {
-            let v = store.verify_audit().map_err(store_err)?;
-            if !v.ok {
-                return Ok(v);
-            }
-            let head = store.durable_audit_head().map_err(store_err)?;
-            Ok(
-                match crate::promises::audit_problem(store.as_ref(), &cp, head) {
-                    None => v,
-                    Some(problem) => AuditVerification::bad(
-                        v.entries.min(cp.seq.saturating_sub(1)),
-                        cp.seq.min(head.seq + 1),
-                        format!("since the checkpoint: {problem}"),
-                    ),
-                },
-            )
+            crate::promises::verify_against_checkpoint(store.as_ref(), &cp).map_err(store_err)
         })
         .await
     }
@@ -1901,6 +1843,27 @@ impl Authority {
         }
         Ok((dir, archive))
     }
+}
+
+/// Keeps `record` outside the store before it is saved and served (see [`crate::promises`]):
+/// a CRL that cannot be kept (disk full) is not published (UNAVAILABLE), so nothing is served
+/// that a lost store could later withdraw. The entries were read from committed state; it is
+/// made durable first, so a crash never leaves a kept CRL ahead of the store.
+fn keep_crl(
+    record: &CrlRecord,
+    entries: &[RevokedEntry],
+    store: &dyn Store,
+    promises: Option<&Promises>,
+) -> Result<(), CaError> {
+    let Some(p) = promises else { return Ok(()) };
+    store.durable_audit_head().map_err(store_err)?;
+    p.keep_crl(record, entries.iter().map(|e| e.serial_hex.as_str()))
+        .map_err(|e| match e {
+            crate::promises::PromiseError::Io { path, source } => {
+                store_err(StoreError::Io { path, source })
+            }
+            e => CaError::internal(e),
+        })
 }
 
 /// Sets the per-issuer CRL gauges (number, thisUpdate) from the latest CRL.

@@ -781,6 +781,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let store_dir = crate::pki::Layout::new(&a.data_dir).store_dir();
             restore(&a.from, &a.data_dir, &store_dir)?;
             println!("restored {} into {}", a.from.display(), store_dir.display());
+            if crate::promises::PromiseLayout::new(&a.data_dir).exists() {
+                println!(
+                    "this data directory has published since: run `ca-daemon store reconcile --data-dir {}` before starting the daemon",
+                    a.data_dir.display()
+                );
+            }
             Ok(())
         }
     }

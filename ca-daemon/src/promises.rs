@@ -861,6 +861,64 @@ pub fn open_checked_store(
     Ok((store, promises))
 }
 
+/// The CRL publication guard's question: which unexpired serials of the previous CRL of
+/// `issuer_id` (the kept one, from memory; else the store's own last CRL) are not in `have`,
+/// the serials the next CRL will list. Empty when the CRL may be published.
+pub fn guard_missing(
+    store: &dyn Store,
+    issuer_id: &str,
+    have: &HashSet<String>,
+    promises: Option<&Promises>,
+    now: OffsetDateTime,
+) -> Result<Vec<String>, PromiseError> {
+    // Known to have expired: a CRL may drop it.
+    let expired = |serial: &str| -> Result<bool, PromiseError> {
+        Ok(store
+            .certificate(serial)?
+            .is_some_and(|c| c.not_after < now))
+    };
+    let candidates = match promises.and_then(|p| p.unlisted_serials(issuer_id, have)) {
+        Some(unlisted) => unlisted,
+        None => match store.latest_crl(issuer_id)? {
+            None => Vec::new(),
+            Some(previous) => parse_crl(&previous.der, issuer_id, None)?
+                .entries
+                .into_iter()
+                .map(|e| e.serial)
+                .filter(|s| !have.contains(s))
+                .collect(),
+        },
+    };
+    let mut out = Vec::new();
+    for serial in candidates {
+        if !expired(&serial)? {
+            out.push(serial);
+        }
+    }
+    Ok(out)
+}
+
+/// Verifies the audit chain of `store` and that it still holds the entry checkpoint `cp`
+/// records (the caller checks the checkpoint's signature).
+pub fn verify_against_checkpoint(
+    store: &dyn Store,
+    cp: &Checkpoint,
+) -> Result<crate::audit::AuditVerification, StoreError> {
+    let v = store.verify_audit()?;
+    if !v.ok {
+        return Ok(v);
+    }
+    let head = store.durable_audit_head()?;
+    Ok(match audit_problem(store, cp, head) {
+        None => v,
+        Some(problem) => crate::audit::AuditVerification::bad(
+            v.entries.min(cp.seq.saturating_sub(1)),
+            cp.seq.min(head.seq + 1),
+            format!("since the checkpoint: {problem}"),
+        ),
+    })
+}
+
 /// What [`reconcile`] did.
 #[derive(Debug, Clone, Default)]
 pub struct ReconcileReport {
