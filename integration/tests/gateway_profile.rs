@@ -107,8 +107,10 @@ public class Verify {
 
 /// Java PKIX verdict: Some(valid) or None when Java is not there (and that is allowed).
 fn java_verify(dir: &Path, leaf: &str) -> Option<(bool, String)> {
+    // `java File.java` compiles the source first: the JDK's compiler must be there (a JRE alone
+    // has keytool but not javac).
     if !tools::require(
-        Path::new("java"),
+        Path::new("javac"),
         &["-version"],
         "a JDK 17 (apt-get install openjdk-17-jdk-headless)",
     ) {

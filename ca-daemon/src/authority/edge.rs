@@ -103,24 +103,45 @@ pub(super) fn retiring_state(unexpired: u64) -> IssuerState {
     }
 }
 
+/// An issuer and the state `sync_issuer_records` gave it.
+struct Candidate {
+    id: String,
+    cert_der: Vec<u8>,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    state: IssuerState,
+}
+
 /// The live issuers among `states`, active first, then the newest retiring ones.
 fn live_set(states: Vec<(Arc<LoadedIssuer>, IssuerState)>) -> Vec<LiveIssuer> {
-    let mut live: Vec<(Arc<LoadedIssuer>, IssuerState)> = states
-        .into_iter()
-        .filter(|(_, s)| *s != IssuerState::Retired)
-        .collect();
-    live.sort_by(|(a, sa), (b, sb)| {
-        (*sb == IssuerState::Active)
-            .cmp(&(*sa == IssuerState::Active))
+    order_live(
+        states
+            .into_iter()
+            .map(|(i, state)| Candidate {
+                id: i.id.clone(),
+                cert_der: i.cert_der.clone(),
+                not_before: i.not_before,
+                not_after: i.not_after,
+                state,
+            })
+            .collect(),
+    )
+}
+
+fn order_live(mut c: Vec<Candidate>) -> Vec<LiveIssuer> {
+    c.retain(|c| c.state != IssuerState::Retired);
+    c.sort_by(|a, b| {
+        (b.state == IssuerState::Active)
+            .cmp(&(a.state == IssuerState::Active))
             .then(b.not_before.cmp(&a.not_before))
             .then(a.id.cmp(&b.id))
     });
-    live.into_iter()
-        .map(|(i, s)| LiveIssuer {
-            id: i.id.clone(),
-            active: s == IssuerState::Active,
-            cert_der: i.cert_der.clone(),
-            not_after: i.not_after,
+    c.into_iter()
+        .map(|c| LiveIssuer {
+            active: c.state == IssuerState::Active,
+            id: c.id,
+            cert_der: c.cert_der,
+            not_after: c.not_after,
         })
         .collect()
 }
@@ -343,6 +364,30 @@ mod tests {
     fn an_issuer_retires_when_its_last_certificate_has_expired() {
         assert_eq!(retiring_state(0), IssuerState::Retired);
         assert_eq!(retiring_state(1), IssuerState::Retiring);
+    }
+
+    #[test]
+    fn the_live_set_is_active_first_then_newest_and_leaves_out_retired_issuers() {
+        let at =
+            |s: i64| OffsetDateTime::from_unix_timestamp(s).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let c = |id: &str, born: i64, state| Candidate {
+            id: id.into(),
+            cert_der: vec![1],
+            not_before: at(born),
+            not_after: at(born + 1000),
+            state,
+        };
+        let live = order_live(vec![
+            c("iss-old", 10, IssuerState::Retiring),
+            c("iss-gone", 5, IssuerState::Retired),
+            c("iss-new", 30, IssuerState::Active),
+            c("iss-mid", 20, IssuerState::Retiring),
+        ]);
+        let ids: Vec<(&str, bool)> = live.iter().map(|l| (l.id.as_str(), l.active)).collect();
+        assert_eq!(
+            ids,
+            vec![("iss-new", true), ("iss-mid", false), ("iss-old", false)]
+        );
     }
 
     #[test]
