@@ -1925,6 +1925,13 @@ pub fn ensure_server_names(
     }
     validate_days("service_validity_days", days)?;
     names.extend(missing.iter().cloned());
+    // server.crt is authenticated by keys/integrity.mac (issue #12 item 9): check the files as
+    // they are before replacing one, and seal the record again afterwards, so a re-issue never
+    // launders a file changed without the passphrase.
+    let pepper_path = layout.pepper();
+    let pepper = sealed::read_sealed_file(&pepper_path, passphrase, PEPPER_LABEL)
+        .map_err(seal_err(&pepper_path))?;
+    crate::integrity::verify(&layout, &pepper)?;
     let meta = PkiMetadata::read(&layout)?;
     let ca_der = read_cert_pem(&layout.service_ca_cert())?;
     let (_pkcs8, ca_key) = unseal_key(&layout.service_ca_key(), passphrase, SERVICE_CA_KEY_LABEL)?;
@@ -1947,6 +1954,7 @@ pub fn ensure_server_names(
         Overwrite::Replace,
     )?;
     write_cert(&layout.server_cert(), &server.der, Overwrite::Replace)?;
+    crate::integrity::seal(&layout, &pepper)?;
     tracing::info!(added = ?missing, names = ?names, "gRPC server certificate re-issued for the configured names");
     Ok(missing)
 }
