@@ -540,8 +540,17 @@ pub fn server_endpoint(args: &ClientArgs) -> String {
     )
 }
 
-/// Connects to the daemon with the client certificate.
+/// Connects to the daemon with the client certificate (each call limited to 120 s).
 pub async fn connect(args: &ClientArgs) -> Result<Channel, CliError> {
+    connect_with(args, Some(std::time::Duration::from_secs(120))).await
+}
+
+/// [`connect`] with a per-call time limit of `timeout` (None = none: a backup of a large store
+/// streams for minutes).
+pub async fn connect_with(
+    args: &ClientArgs,
+    timeout: Option<std::time::Duration>,
+) -> Result<Channel, CliError> {
     let server = server_endpoint(args);
     let dev = args.data_dir.join("dev");
     let ca = read(
@@ -566,12 +575,15 @@ pub async fn connect(args: &ClientArgs) -> Result<Channel, CliError> {
         .ca_certificate(Certificate::from_pem(ca))
         .identity(Identity::from_pem(cert, key))
         .domain_name("localhost");
-    Channel::from_shared(server.clone())
+    let mut endpoint = Channel::from_shared(server.clone())
         .map_err(|e| CliError::new(format!("bad --server: {e}")))?
         .tls_config(tls)
         .map_err(|e| CliError::new(format!("TLS setup: {e}")))?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(120))
+        .connect_timeout(std::time::Duration::from_secs(5));
+    if let Some(t) = timeout {
+        endpoint = endpoint.timeout(t);
+    }
+    endpoint
         .connect()
         .await
         .map_err(|e| CliError::new(format!("cannot reach {server}: {e}")))
@@ -749,7 +761,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Status(a) => status(a).await,
         Command::Backup(a) => {
-            let mut c = v1::admin_client::AdminClient::new(connect(&a.client).await?);
+            let mut c = v1::admin_client::AdminClient::new(connect_with(&a.client, None).await?);
             let mut stream = c.backup(v1::BackupRequest {}).await?.into_inner();
             let mut data = Vec::new();
             while let Some(chunk) = stream.message().await? {

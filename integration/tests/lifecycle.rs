@@ -222,6 +222,17 @@ async fn renewal_supersedes_the_old_certificate_after_the_grace_period_across_a_
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(status_of(&d, &new.serial).await?.0, good);
+    // The gauge, refreshed at start: the new certificate expires within 30 days, the old one
+    // is revoked.
+    if let Some(m) = d.metrics {
+        let (_, body) = integration::http_get(m, "/metrics")?;
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.lines()
+                .any(|l| l == "ca_certificates_expiring_within_30_days 1"),
+            "{text}"
+        );
+    }
     // The CRL lists it with reason superseded (openssl reads it).
     let mut listed = false;
     for _ in 0..50 {

@@ -1233,7 +1233,13 @@ impl Store for SledStore {
         // Holding the writer mutex freezes the store's contents (reads go on); the copy is
         // therefore one point in time.
         let _writer = lock(&self.inner.writer);
-        let dest = ::sled::Config::new().path(path).create_new(true).open()?;
+        // A small cache for the copy: it is written once, in key order (sled's default 1 GiB
+        // made a backup of a large store cost a GiB of memory).
+        let dest = ::sled::Config::new()
+            .path(path)
+            .create_new(true)
+            .cache_capacity(32 << 20)
+            .open()?;
         for (i, name) in TREE_NAMES.iter().enumerate() {
             let to = dest.open_tree(name)?;
             let mut batch = Batch::default();
