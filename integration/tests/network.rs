@@ -411,12 +411,13 @@ async fn never_reading_clients_on_a_large_crl_keep_rss_bounded_and_ocsp_answerin
     // Closed by the write timeout ("stalled") or, on a loaded machine where a connection's
     // last write was still in the kernel's buffer when its idle clock ran out, by the idle
     // timeout ("timeout"): either way the daemon let go of them.
-    let stalled = metric(&d, "ca_http_connections_refused_total{value=\"stalled\"}").unwrap_or(0.0);
+    let by_write =
+        metric(&d, "ca_http_connections_refused_total{value=\"stalled\"}").unwrap_or(0.0);
     let timed_out =
         metric(&d, "ca_http_connections_refused_total{value=\"timeout\"}").unwrap_or(0.0);
     assert!(
-        stalled + timed_out >= (STALLED_CLIENTS as f64) * 0.9,
-        "stalled connections closed: {stalled} by the write timeout, {timed_out} by a timeout"
+        by_write + timed_out >= (STALLED_CLIENTS as f64) * 0.9,
+        "stalled connections closed: {by_write} by the write timeout, {timed_out} by a timeout"
     );
     drop(stalled);
 }
