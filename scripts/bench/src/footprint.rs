@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use ca_daemon::storage::dir_size;
 use ca_daemon::store::{CertFilter, SledStore, Store};
 use integration::{Daemon, DaemonOptions};
 use pki_proto::v1;
@@ -154,19 +155,6 @@ fn request_template(work: &Path, data_dir: &Path, serial: &[u8; 16]) -> Result<(
         .position(|w| w == serial)
         .ok_or_else(|| BenchError::Failed("serial not found in the OCSP request".into()))?;
     Ok((der, at))
-}
-
-fn dir_size(p: &Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(p) else {
-        return 0;
-    };
-    rd.flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 /// Runs the footprint benchmark.

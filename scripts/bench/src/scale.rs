@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use ca_daemon::storage::dir_size;
 use ca_daemon::store::{
     AuditEvent, CertRecord, RECORD_VERSION, SledStore, Store, TicketRecord, TicketState,
 };
@@ -260,19 +261,6 @@ struct Row {
     restart_ms: f64,
     rate: stats::Summary,
     store_mib: f64,
-}
-
-fn dir_size(p: &Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(p) else {
-        return 0;
-    };
-    rd.flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 /// Runs the scale benchmark.
