@@ -462,6 +462,35 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Creates the ticket `req` as `portal` and redeems it (OS and keystore profile from the
+/// ticket); panics when either call fails.
+pub async fn create_and_redeem(
+    d: &Daemon,
+    req: v1::CreateTicketRequest,
+) -> v1::RedeemTicketResponse {
+    let mut e = d.enrollment("portal").await.expect("enrollment client");
+    let t = e
+        .create_ticket(req)
+        .await
+        .expect("CreateTicket")
+        .into_inner();
+    e.redeem_ticket(v1::RedeemTicketRequest {
+        number: t.number,
+        password: t.password,
+        os: v1::TargetOs::Unspecified as i32,
+        keystore_profile: String::new(),
+    })
+    .await
+    .expect("RedeemTicket")
+    .into_inner()
+}
+
+/// Creates and redeems the sample ticket `n` for an Android device (3DES bundle: the cheapest
+/// profile).
+pub async fn redeem_sample(d: &Daemon, n: u32) -> v1::RedeemTicketResponse {
+    create_and_redeem(d, sample_ticket_request(n, v1::TargetOs::Android)).await
+}
+
 /// A sample enrollee with Japanese names.
 pub fn sample_ticket_request(n: u32, os: v1::TargetOs) -> v1::CreateTicketRequest {
     v1::CreateTicketRequest {

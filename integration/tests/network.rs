@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use integration::tools::{self, run, text};
-use integration::{Daemon, DaemonOptions, http_get, sample_ticket_request};
+use integration::{Daemon, DaemonOptions, http_get, redeem_sample};
 use pki_proto::v1;
 use tokio::io::AsyncWriteExt as _;
 
@@ -681,23 +681,7 @@ async fn ocsp_this_update_is_backdated_and_nonce_get_is_not_cacheable() {
     }
     let tmp = tempfile::tempdir().expect("temp dir");
     let d = Daemon::start().expect("daemon starts");
-    let bundle = {
-        let mut e = d.enrollment("portal").await.expect("enrollment client");
-        let t = e
-            .create_ticket(sample_ticket_request(11, v1::TargetOs::Android))
-            .await
-            .expect("CreateTicket")
-            .into_inner();
-        e.redeem_ticket(v1::RedeemTicketRequest {
-            number: t.number,
-            password: t.password,
-            os: v1::TargetOs::Unspecified as i32,
-            keystore_profile: String::new(),
-        })
-        .await
-        .expect("RedeemTicket")
-        .into_inner()
-    };
+    let bundle = redeem_sample(&d, 11).await;
     let (_, issuer_pem) = active_issuer(&d, tmp.path()).await;
     let http = d.http;
     let b64 = |r: &[u8]| base64::engine::general_purpose::STANDARD.encode(r);

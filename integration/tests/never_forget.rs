@@ -20,30 +20,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use integration::{Daemon, DaemonOptions, HarnessError, http_get, sample_ticket_request};
+use integration::{
+    Daemon, DaemonOptions, HarnessError, http_get, redeem_sample, sample_ticket_request,
+};
 use pki_proto::v1;
 use tonic::Code;
 
 // ------------------------------------------------------------------------------------------
 // helpers
-
-async fn redeem(d: &Daemon, n: u32) -> v1::RedeemTicketResponse {
-    let mut c = d.enrollment("portal").await.expect("portal client");
-    let t = c
-        .create_ticket(sample_ticket_request(n, v1::TargetOs::Android))
-        .await
-        .expect("CreateTicket")
-        .into_inner();
-    c.redeem_ticket(v1::RedeemTicketRequest {
-        number: t.number,
-        password: t.password,
-        os: v1::TargetOs::Unspecified as i32,
-        keystore_profile: String::new(),
-    })
-    .await
-    .expect("RedeemTicket")
-    .into_inner()
-}
 
 async fn revoke(d: &Daemon, serial: &str) {
     d.certificates("ops")
@@ -240,7 +224,7 @@ const NOT_SERVING: i32 = 2;
 async fn deleted_store_is_refused_until_reconciled() {
     let mut d = Daemon::start().expect("daemon starts");
     let issuer = active_issuer(&d).await;
-    let a = redeem(&d, 1).await;
+    let a = redeem_sample(&d, 1).await;
     revoke(&d, &a.serial).await;
     let want = BTreeSet::from([a.serial.clone()]);
     let (number, _) = wait_crl_lists(&d, &issuer, &want);
@@ -293,7 +277,7 @@ async fn damaged_store_is_refused_or_holds_every_revocation() {
     let issuer = active_issuer(&d).await;
     let mut revoked = BTreeSet::new();
     for n in 0..6 {
-        let b = redeem(&d, 10 + n).await;
+        let b = redeem_sample(&d, 10 + n).await;
         if n % 2 == 0 {
             revoke(&d, &b.serial).await;
             revoked.insert(b.serial);
@@ -366,7 +350,7 @@ async fn older_backup_is_refused_then_reconcile_brings_every_revocation_back() {
     let mut d = Daemon::start().expect("daemon starts");
     let issuer = active_issuer(&d).await;
     let tmp = tempfile::tempdir().expect("tmp");
-    let a = redeem(&d, 21).await;
+    let a = redeem_sample(&d, 21).await;
     let snapshot = tmp.path().join("ca.snapshot");
     let (code, out, err) = d
         .cli(&[
@@ -379,7 +363,7 @@ async fn older_backup_is_refused_then_reconcile_brings_every_revocation_back() {
         .expect("backup");
     assert_eq!(code, 0, "backup: {out}{err}");
     // After the backup: a new certificate, and both revoked.
-    let b = redeem(&d, 22).await;
+    let b = redeem_sample(&d, 22).await;
     revoke(&d, &a.serial).await;
     revoke(&d, &b.serial).await;
     let want = BTreeSet::from([a.serial.clone(), b.serial.clone()]);
@@ -547,7 +531,7 @@ async fn older_backup_is_refused_then_reconcile_brings_every_revocation_back() {
 async fn crl_that_would_drop_an_unexpired_entry_is_never_published() {
     let mut d = Daemon::start().expect("daemon starts");
     let issuer = active_issuer(&d).await;
-    let a = redeem(&d, 31).await;
+    let a = redeem_sample(&d, 31).await;
     revoke(&d, &a.serial).await;
     let want = BTreeSet::from([a.serial.clone()]);
     let (number, _) = wait_crl_lists(&d, &issuer, &want);
@@ -724,7 +708,7 @@ async fn disk_full_is_a_state_and_recovers_by_itself() {
     let issuer = active_issuer(&d).await;
     let mut issued = Vec::new();
     for n in 0..4 {
-        issued.push(redeem(&d, 40 + n).await.serial);
+        issued.push(redeem_sample(&d, 40 + n).await.serial);
     }
     assert_eq!(health(&d, "pki.ca.v1.Enrollment").await, SERVING);
     let mut c = d.enrollment("portal").await.expect("portal");
@@ -861,7 +845,7 @@ async fn disk_full_is_a_state_and_recovers_by_itself() {
         );
     }
     wait_crl_lists(&d, &issuer, &revoked);
-    let b = redeem(&d, 52).await;
+    let b = redeem_sample(&d, 52).await;
     assert!(!b.serial.is_empty());
     let r = d
         .enrollment("portal")

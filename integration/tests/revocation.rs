@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use integration::tools::{self, run, text};
-use integration::{Daemon, http_request, sample_ticket_request};
+use integration::{Daemon, create_and_redeem, http_request, redeem_sample, sample_ticket_request};
 use pki_proto::v1;
 use tonic::transport::Channel;
 
@@ -193,29 +193,6 @@ fn crl_summary(der: &[u8]) -> CrlSummary {
 // ------------------------------------------------------------------------------------------
 // gRPC helpers
 
-async fn create_and_redeem(d: &Daemon, req: v1::CreateTicketRequest) -> v1::RedeemTicketResponse {
-    let mut e = d.enrollment("portal").await.expect("enrollment client");
-    let t = e
-        .create_ticket(req)
-        .await
-        .expect("CreateTicket as portal")
-        .into_inner();
-    e.redeem_ticket(v1::RedeemTicketRequest {
-        number: t.number,
-        password: t.password,
-        os: v1::TargetOs::Unspecified as i32,
-        keystore_profile: String::new(),
-    })
-    .await
-    .expect("RedeemTicket")
-    .into_inner()
-}
-
-/// Redeems the sample ticket `n` for an Android device (3DES bundle: the cheapest profile).
-async fn redeem(d: &Daemon, n: u32) -> v1::RedeemTicketResponse {
-    create_and_redeem(d, sample_ticket_request(n, v1::TargetOs::Android)).await
-}
-
 async fn revoke(
     c: &mut v1::certificates_client::CertificatesClient<Channel>,
     target: v1::revoke_request::Target,
@@ -310,7 +287,7 @@ async fn revoked_serial_reaches_http_and_grpc_crls_and_numbers_survive_restart()
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path();
 
-    let bundle = redeem(&d, 1).await;
+    let bundle = redeem_sample(&d, 1).await;
     let serial = bundle.serial.clone();
     write_pems(&d, dir, &bundle).await;
     let mut certs = d.certificates("portal").await.expect("certificates client");
@@ -578,7 +555,7 @@ async fn ocsp_good_revoked_unknown_malformed_over_post_get_and_grpc() {
     let d = Daemon::start().expect("daemon starts");
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path();
-    let bundle = redeem(&d, 2).await;
+    let bundle = redeem_sample(&d, 2).await;
     let serial = bundle.serial.clone();
     write_pems(&d, dir, &bundle).await;
     let mut rev = d.revocation("gateway").await.expect("revocation client");
@@ -988,7 +965,7 @@ async fn revoke_and_watch(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_crl_sends_current_then_new_crl_within_a_second() {
     let d = Daemon::start().expect("daemon starts");
-    let bundle = redeem(&d, 4).await;
+    let bundle = redeem_sample(&d, 4).await;
     let mut rev = d
         .revocation("gateway")
         .await
@@ -1162,7 +1139,7 @@ fn seed_revoked(store_dir: &Path, issuer_id: &str, facility: &str, count: usize)
 async fn crl_with_ten_thousand_entries_republishes_quickly() {
     let openssl_ok = have_openssl();
     let mut d = Daemon::start().expect("daemon starts");
-    let bundle = redeem(&d, 5).await;
+    let bundle = redeem_sample(&d, 5).await;
     let issuer_id = get_certificate(
         &mut d.certificates("portal").await.expect("certificates client"),
         &bundle.serial,
