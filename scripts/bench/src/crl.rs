@@ -114,18 +114,6 @@ pub fn write_index(n: usize, out: &Path) -> Result<()> {
     w.flush().map_err(io("write index.txt"))
 }
 
-fn proc_status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// The child: loads the dev PKI, makes the entries, resets VmHWM, builds and signs, prints
 /// `{"secs":…, "hwm_kib":…, "rss_before_kib":…, "der_bytes":…}`.
 pub fn child(data_dir: &Path, n: usize, der_out: &Path) -> Result<()> {
@@ -139,7 +127,7 @@ pub fn child(data_dir: &Path, n: usize, der_out: &Path) -> Result<()> {
     // Reset VmHWM to the current RSS (Linux ≥ 4.0): the peak below is that of the build, with
     // the entries (the input, as the daemon would hold it) already in memory.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-    let rss_before = proc_status_kib("VmRSS:");
+    let rss_before = common::status_kib("self", "VmRSS:");
     let t0 = Instant::now();
     let der = ca_daemon::crl::build_crl(
         &issuer.cert_der,
@@ -154,7 +142,7 @@ pub fn child(data_dir: &Path, n: usize, der_out: &Path) -> Result<()> {
     )
     .map_err(failed("build_crl"))?;
     let secs = t0.elapsed().as_secs_f64();
-    let hwm = proc_status_kib("VmHWM:");
+    let hwm = common::status_kib("self", "VmHWM:");
     std::fs::write(der_out, &der).map_err(io("write CRL"))?;
     println!(
         "{{\"secs\":{secs},\"hwm_kib\":{hwm},\"rss_before_kib\":{rss_before},\"der_bytes\":{}}}",

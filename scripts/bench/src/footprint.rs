@@ -21,15 +21,7 @@ use crate::{Mode, Section};
 
 /// VmRSS / VmHWM of a process, KiB.
 fn proc_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    common::status_kib(&pid.to_string(), field)
 }
 
 fn mib(bytes: u64) -> f64 {
