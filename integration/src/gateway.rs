@@ -1093,6 +1093,45 @@ pub fn gateway_server_name() -> ServerName<'static> {
     ServerName::try_from("localhost").expect("\"localhost\" is a valid DNS name")
 }
 
+/// A test client's connection to the gateway, after the greeting was read.
+pub type GatewayClient = BufReader<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// For tests: connects to the gateway at `addr` as `cfg` and reads the greeting, all within
+/// `limit`. With TLS 1.3 the server checks the client certificate after the client has
+/// finished, so a refusal shows up on the first read.
+pub async fn hello(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    limit: Duration,
+) -> std::io::Result<(GatewayClient, String)> {
+    let attempt = async {
+        let tcp = TcpStream::connect(addr).await?;
+        let tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(gateway_server_name(), tcp)
+            .await?;
+        let mut client = BufReader::new(tls);
+        let mut line = String::new();
+        if client.read_line(&mut line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok((client, line))
+    };
+    tokio::time::timeout(limit, attempt).await?
+}
+
+/// For tests: the TLS alert a refused attempt ended with.
+pub fn refusal_alert<T>(result: &std::io::Result<T>) -> Option<rustls::AlertDescription> {
+    let e = result
+        .as_ref()
+        .err()?
+        .get_ref()?
+        .downcast_ref::<rustls::Error>()?;
+    match e {
+        rustls::Error::AlertReceived(a) => Some(*a),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The config-swap core against a tiny rcgen PKI, no daemon: root (P-384) → issuer (P-256,
@@ -1106,11 +1145,10 @@ mod tests {
     };
     use rustls::AlertDescription;
     use tokio::io::AsyncBufReadExt;
-    use tokio_rustls::TlsConnector;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
     type Ca = CertifiedIssuer<'static, KeyPair>;
-    type Client = BufReader<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Client = GatewayClient;
 
     const CDP: &str = "http://127.0.0.1/crl/x.crl";
     const STEP: Duration = Duration::from_secs(10);
@@ -1229,36 +1267,11 @@ mod tests {
         /// Connects and reads the greeting. With TLS 1.3 the server checks the client
         /// certificate after the client has finished, so a refusal shows up on the first read.
         async fn hello(&self, cfg: rustls::ClientConfig) -> std::io::Result<(Client, String)> {
-            let run = async {
-                let tcp = TcpStream::connect(self.addr).await?;
-                let tls = TlsConnector::from(Arc::new(cfg))
-                    .connect(gateway_server_name(), tcp)
-                    .await?;
-                let mut client = BufReader::new(tls);
-                let mut line = String::new();
-                if client.read_line(&mut line).await? == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                Ok((client, line))
-            };
-            tokio::time::timeout(STEP, run).await?
+            super::hello(self.addr, Arc::new(cfg), STEP).await
         }
 
         fn apply(&self, issuer_id: &str, der: Vec<u8>) -> Result<CrlOutcome, GatewayError> {
             self.state.apply_crl(issuer_id, der)
-        }
-    }
-
-    /// The TLS alert the gateway refused a client with.
-    fn alert<T: fmt::Debug>(result: &std::io::Result<T>) -> Option<AlertDescription> {
-        let e = result
-            .as_ref()
-            .err()?
-            .get_ref()?
-            .downcast_ref::<rustls::Error>()?;
-        match e {
-            rustls::Error::AlertReceived(a) => Some(*a),
-            _ => None,
         }
     }
 
@@ -1303,7 +1316,10 @@ mod tests {
         assert_eq!(gw.state.crl_number("i1"), Some(2));
 
         let refused = gw.hello(gw.device(&a, Some(&pki.issuer))).await;
-        assert_eq!(alert(&refused), Some(AlertDescription::CertificateRevoked));
+        assert_eq!(
+            refusal_alert(&refused),
+            Some(AlertDescription::CertificateRevoked)
+        );
         let (_b, hello) = gw.hello(gw.device(&b, Some(&pki.issuer))).await?;
         assert_eq!(hello, "hello 佐藤 太郎\n");
         // The connection accepted before the swap keeps its config and keeps working.
@@ -1322,7 +1338,10 @@ mod tests {
         // Revocation is checked for leaf-only clients too.
         gw.apply("i1", crl(&pki.issuer, 2, &[1]))?;
         let refused = gw.hello(gw.device(&a, None)).await;
-        assert_eq!(alert(&refused), Some(AlertDescription::CertificateRevoked));
+        assert_eq!(
+            refusal_alert(&refused),
+            Some(AlertDescription::CertificateRevoked)
+        );
         Ok(())
     }
 
@@ -1348,14 +1367,20 @@ mod tests {
         .with_root_certificates(roots)
         .with_no_client_auth();
         let refused = gw.hello(anonymous).await;
-        assert_eq!(alert(&refused), Some(AlertDescription::CertificateRequired));
+        assert_eq!(
+            refusal_alert(&refused),
+            Some(AlertDescription::CertificateRequired)
+        );
 
         // Same names, other keys: a look-alike PKI does not get in.
         let fake = test_pki();
         let f = leaf("A", 1, &fake.issuer);
         let refused = gw.hello(gw.device(&f, Some(&fake.issuer))).await;
         // rustls reports a bad signature in the chain as decrypt_error.
-        assert_eq!(alert(&refused), Some(AlertDescription::DecryptError));
+        assert_eq!(
+            refusal_alert(&refused),
+            Some(AlertDescription::DecryptError)
+        );
         Ok(())
     }
 
@@ -1402,7 +1427,10 @@ mod tests {
         assert!(!updates.has_changed()?);
         assert_eq!(gw.state.crl_number("i1"), Some(5));
         let refused = gw.hello(gw.device(&a, Some(&pki.issuer))).await;
-        assert_eq!(alert(&refused), Some(AlertDescription::CertificateRevoked));
+        assert_eq!(
+            refusal_alert(&refused),
+            Some(AlertDescription::CertificateRevoked)
+        );
         Ok(())
     }
 
@@ -1421,7 +1449,7 @@ mod tests {
         assert!(gw.hello(gw.device(&a, Some(&pki.issuer))).await.is_ok());
         // Unknown revocation status is an error: C's issuer is not followed yet.
         let unknown = gw.hello(gw.device(&c, Some(&issuer2))).await;
-        assert_eq!(alert(&unknown), Some(AlertDescription::UnknownCA));
+        assert_eq!(refusal_alert(&unknown), Some(AlertDescription::UnknownCA));
 
         gw.apply("i2", crl(&issuer2, 1, &[]))?;
         let (_c, hello) = gw.hello(gw.device(&c, Some(&issuer2))).await?;
@@ -1452,7 +1480,7 @@ mod tests {
         assert_eq!(dropped, vec!["i1".to_string()]);
         assert_eq!(gw.state.crl_number("i1"), None);
         let refused = gw.hello(gw.device(&a, Some(&pki.issuer))).await;
-        assert_eq!(alert(&refused), Some(AlertDescription::UnknownCA));
+        assert_eq!(refusal_alert(&refused), Some(AlertDescription::UnknownCA));
         let (_c, hello) = gw.hello(gw.device(&c, Some(&issuer2))).await?;
         assert_eq!(hello, "hello C\n");
         Ok(())

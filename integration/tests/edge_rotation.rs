@@ -18,13 +18,9 @@ use std::time::{Duration, Instant};
 
 use edge_common::{Device, enroll, have_openssl, revoke, rotate};
 use integration::Daemon;
-use integration::gateway::{Gateway, GatewayConfig, client_config_for_device, gateway_server_name};
+use integration::gateway::{self, Gateway, GatewayConfig, client_config_for_device, refusal_alert};
 use pki_proto::v1;
 use rustls::AlertDescription;
-use tokio::io::AsyncBufReadExt as _;
-use tokio::io::BufReader;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use zeroize::Zeroizing;
 
 /// A device of the new issuer gets in within this time of `issuer rotate` returning.
@@ -48,32 +44,9 @@ fn device_config(gw: &Gateway, dev: &Device) -> Arc<rustls::ClientConfig> {
 
 /// Handshake + greeting; a refusal shows up on the first read (TLS 1.3).
 async fn hello(gw: &Gateway, cfg: Arc<rustls::ClientConfig>) -> std::io::Result<String> {
-    let addr = gw.local_addr();
-    let attempt = async {
-        let tcp = TcpStream::connect(addr).await?;
-        let tls = TlsConnector::from(cfg)
-            .connect(gateway_server_name(), tcp)
-            .await?;
-        let mut client = BufReader::new(tls);
-        let mut line = String::new();
-        if client.read_line(&mut line).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(line)
-    };
-    tokio::time::timeout(STEP, attempt).await?
-}
-
-fn alert<T>(result: &std::io::Result<T>) -> Option<AlertDescription> {
-    match result
-        .as_ref()
-        .err()?
-        .get_ref()?
-        .downcast_ref::<rustls::Error>()?
-    {
-        rustls::Error::AlertReceived(a) => Some(*a),
-        _ => None,
-    }
+    gateway::hello(gw.local_addr(), cfg, STEP)
+        .await
+        .map(|(_, line)| line)
 }
 
 /// A raw HTTP/1.1 GET: (status, headers lowercased, body).
@@ -168,7 +141,7 @@ async fn after_issuer_rotate_the_gateway_admits_the_new_issuer_and_refuses_a_rev
             rotated.elapsed() < NEW_ISSUER_LIMIT,
             "device 2 (new issuer {new_issuer}) still refused {NEW_ISSUER_LIMIT:?} after the rotation: {:?} (alert {:?})\ngateway has CRLs of {:?}",
             r.as_ref().err(),
-            alert(&r),
+            refusal_alert(&r),
             gw.applied_issuers()
         );
         tokio::time::sleep(POLL).await;
@@ -220,7 +193,7 @@ async fn after_issuer_rotate_the_gateway_admits_the_new_issuer_and_refuses_a_rev
         let r = hello(&gw, first_cfg.clone()).await;
         if r.is_err() {
             assert_eq!(
-                alert(&r),
+                refusal_alert(&r),
                 Some(AlertDescription::CertificateRevoked),
                 "refused, but not for revocation: {:?}",
                 r.as_ref().err()

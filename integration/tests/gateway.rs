@@ -17,16 +17,16 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use integration::gateway::{Gateway, GatewayConfig, client_config_for_device, gateway_server_name};
+use integration::gateway::{
+    self, Gateway, GatewayClient, GatewayConfig, client_config_for_device, refusal_alert,
+};
 use integration::tools::{self, run};
 use integration::{Daemon, sample_ticket_request};
 use pki_proto::v1;
 use rustls::AlertDescription;
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject as _;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 use zeroize::Zeroizing;
 
 /// Target of DESIGN §9 (p99 ≤ 500 ms; one sample here is held to a second, printed).
@@ -38,7 +38,7 @@ const POLL: Duration = Duration::from_millis(20);
 /// Bound of one connection attempt (connect + handshake + greeting).
 const STEP: Duration = Duration::from_secs(5);
 
-type Client = BufReader<tokio_rustls::client::TlsStream<TcpStream>>;
+type Client = GatewayClient;
 
 /// A redeemed device: its bundle's leaf and issuer, the PKCS#8 key, the serial, the name.
 struct DeviceIdentity {
@@ -144,23 +144,9 @@ fn device_config(gw: &Gateway, dev: &DeviceIdentity) -> Arc<rustls::ClientConfig
     )
 }
 
-/// Connects and reads the greeting. With TLS 1.3 the server checks the client certificate after
-/// the client has finished, so a refusal shows up on the first read.
+/// Connects and reads the greeting; a refusal shows up on the first read (TLS 1.3).
 async fn hello(gw: &Gateway, cfg: Arc<rustls::ClientConfig>) -> std::io::Result<(Client, String)> {
-    let addr = gw.local_addr();
-    let attempt = async {
-        let tcp = TcpStream::connect(addr).await?;
-        let tls = TlsConnector::from(cfg)
-            .connect(gateway_server_name(), tcp)
-            .await?;
-        let mut client = BufReader::new(tls);
-        let mut line = String::new();
-        if client.read_line(&mut line).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok((client, line))
-    };
-    tokio::time::timeout(STEP, attempt).await?
+    gateway::hello(gw.local_addr(), cfg, STEP).await
 }
 
 async fn echo(client: &mut Client, msg: &str) -> std::io::Result<String> {
@@ -168,19 +154,6 @@ async fn echo(client: &mut Client, msg: &str) -> std::io::Result<String> {
     let mut line = String::new();
     tokio::time::timeout(STEP, client.read_line(&mut line)).await??;
     Ok(line)
-}
-
-/// The TLS alert a refused attempt ended with.
-fn alert<T>(result: &std::io::Result<T>) -> Option<AlertDescription> {
-    let e = result
-        .as_ref()
-        .err()?
-        .get_ref()?
-        .downcast_ref::<rustls::Error>()?;
-    match e {
-        rustls::Error::AlertReceived(a) => Some(*a),
-        _ => None,
-    }
 }
 
 async fn revoke(d: &Daemon, serial: &str) -> Instant {
@@ -237,7 +210,7 @@ async fn gateway_follows_watch_crl_and_refuses_a_revoked_device() {
     // A valid device gets in and is echoed.
     let alice_cfg = device_config(&gw, &alice);
     let first = hello(&gw, alice_cfg.clone()).await;
-    let first_alert = alert(&first);
+    let first_alert = refusal_alert(&first);
     let (mut open, greeting) = first.unwrap_or_else(|e| {
         panic!("handshake with a valid certificate: {e} (alert {first_alert:?})")
     });
@@ -268,7 +241,7 @@ async fn gateway_follows_watch_crl_and_refuses_a_revoked_device() {
     assert_eq!(greeting, "hello 山田 花子\n");
     let refused = hello(&gw, device_config(&gw, &bob)).await;
     assert_eq!(
-        alert(&refused),
+        refusal_alert(&refused),
         Some(AlertDescription::CertificateRevoked),
         "Bob after his revocation: {:?}",
         refused.as_ref().map(|(_, g)| g)
@@ -284,7 +257,7 @@ async fn gateway_follows_watch_crl_and_refuses_a_revoked_device() {
             Ok(_) => {}
             Err(_) => {
                 assert_eq!(
-                    alert(&r),
+                    refusal_alert(&r),
                     Some(AlertDescription::CertificateRevoked),
                     "refused, but not for revocation: {:?}",
                     r.as_ref().err()
