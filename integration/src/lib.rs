@@ -462,6 +462,27 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
 }
 
+/// The daemon's issuers (`ListIssuers` as `ops`); panics when the call fails.
+pub async fn list_issuers(d: &Daemon) -> Vec<v1::Issuer> {
+    d.admin("ops")
+        .await
+        .expect("admin client")
+        .list_issuers(v1::ListIssuersRequest {})
+        .await
+        .expect("ListIssuers")
+        .into_inner()
+        .issuers
+}
+
+/// The daemon's active issuer; panics when there is none.
+pub async fn active_issuer(d: &Daemon) -> v1::Issuer {
+    list_issuers(d)
+        .await
+        .into_iter()
+        .find(|i| i.state == v1::IssuerState::Active as i32)
+        .expect("an active issuer")
+}
+
 /// Creates the ticket `req` as `portal` and redeems it (OS and keystore profile from the
 /// ticket); panics when either call fails.
 pub async fn create_and_redeem(

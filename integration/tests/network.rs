@@ -123,26 +123,14 @@ fn metric(d: &Daemon, line_prefix: &str) -> Option<f64> {
 
 /// The active issuer's id and certificate (PEM file in `dir`).
 async fn active_issuer(d: &Daemon, dir: &Path) -> (String, std::path::PathBuf) {
-    let list = d
-        .admin("ops")
-        .await
-        .expect("admin client")
-        .list_issuers(v1::ListIssuersRequest {})
-        .await
-        .expect("ListIssuers")
-        .into_inner();
-    let active = list
-        .issuers
-        .iter()
-        .find(|i| i.state == v1::IssuerState::Active as i32)
-        .expect("an active issuer");
+    let active = integration::active_issuer(d).await;
     let pem = format!(
         "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
         base64::engine::general_purpose::STANDARD.encode(&active.certificate_der)
     );
     let path = dir.join("issuer.pem");
     std::fs::write(&path, pem).expect("write issuer.pem");
-    (active.id.clone(), path)
+    (active.id, path)
 }
 
 /// An OCSP request for `serial_hex` of the issuer in `issuer_pem`, built by `openssl ocsp`

@@ -43,18 +43,7 @@ async fn revoke(d: &Daemon, serial: &str) {
 }
 
 async fn active_issuer(d: &Daemon) -> String {
-    d.admin("ops")
-        .await
-        .expect("admin client")
-        .list_issuers(v1::ListIssuersRequest {})
-        .await
-        .expect("ListIssuers")
-        .into_inner()
-        .issuers
-        .into_iter()
-        .find(|i| i.state == v1::IssuerState::Active as i32)
-        .expect("an active issuer")
-        .id
+    integration::active_issuer(d).await.id
 }
 
 /// (CRL number, serials) of a CRL's DER.

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use integration::tools::{self, run, text};
-use integration::{Daemon, DaemonOptions, http_get, sample_ticket_request};
+use integration::{Daemon, DaemonOptions, http_get, list_issuers, sample_ticket_request};
 use pki_proto::v1;
 use tonic::transport::Channel;
 use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
@@ -112,18 +112,6 @@ fn pem_certs(pem: &[u8]) -> Vec<Vec<u8>> {
         .filter(|p| p.label == "CERTIFICATE")
         .map(|p| p.contents)
         .collect()
-}
-
-async fn list_issuers(daemon: &Daemon) -> Vec<v1::Issuer> {
-    daemon
-        .admin("ops")
-        .await
-        .expect("admin client")
-        .list_issuers(v1::ListIssuersRequest {})
-        .await
-        .expect("ListIssuers")
-        .into_inner()
-        .issuers
 }
 
 /// Creates and redeems one ticket (Android: the cheapest bundle).
