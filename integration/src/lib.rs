@@ -462,6 +462,19 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
 }
 
+/// The `grpc.health.v1` status of `service` (as `gateway`); panics when the check fails.
+pub async fn health_status(d: &Daemon, service: &str) -> i32 {
+    let ch = d.channel("gateway").await.expect("channel");
+    tonic_health::pb::health_client::HealthClient::new(ch)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .expect("Health.Check")
+        .into_inner()
+        .status
+}
+
 /// The daemon's issuers (`ListIssuers` as `ops`); panics when the call fails.
 pub async fn list_issuers(d: &Daemon) -> Vec<v1::Issuer> {
     d.admin("ops")

@@ -745,15 +745,7 @@ fn short_root_crl(days: i64) -> Vec<u8> {
 }
 
 async fn root_crl_health(d: &Daemon) -> i32 {
-    let ch = d.channel("gateway").await.expect("channel");
-    tonic_health::pb::health_client::HealthClient::new(ch)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "pki.ca.v1.RootCrl".into(),
-        })
-        .await
-        .expect("health check")
-        .into_inner()
-        .status
+    integration::health_status(d, "pki.ca.v1.RootCrl").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use integration::{
-    Daemon, DaemonOptions, HarnessError, http_get, redeem_sample, sample_ticket_request,
+    Daemon, DaemonOptions, HarnessError, health_status, http_get, redeem_sample,
+    sample_ticket_request,
 };
 use pki_proto::v1;
 use tonic::Code;
@@ -188,19 +189,6 @@ fn openssl_ocsp(d: &Daemon, issuer: &str, serial: &str, dir: &Path) -> Option<St
         .find_map(|l| l.split_once(": ").map(|(_, s)| s.trim().to_owned()))
         .unwrap_or_default();
     Some(status)
-}
-
-async fn health(d: &Daemon, service: &str) -> i32 {
-    let mut h = tonic_health::pb::health_client::HealthClient::new(
-        d.channel("gateway").await.expect("channel"),
-    );
-    h.check(tonic_health::pb::HealthCheckRequest {
-        service: service.to_owned(),
-    })
-    .await
-    .expect("Health.Check")
-    .into_inner()
-    .status
 }
 
 const SERVING: i32 = 1;
@@ -550,7 +538,7 @@ async fn crl_that_would_drop_an_unexpired_entry_is_never_published() {
     let d2 = start_on(&data_dir, true);
     // The publisher notices the gap at start and tries to republish: refused.
     let start = Instant::now();
-    while health(&d2, "pki.ca.v1.Revocation").await != NOT_SERVING {
+    while health_status(&d2, "pki.ca.v1.Revocation").await != NOT_SERVING {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "revocation health never went NOT_SERVING; log:\n{}",
@@ -597,7 +585,7 @@ async fn crl_that_would_drop_an_unexpired_entry_is_never_published() {
     let out = cli_ok(&["store", "reconcile", "--data-dir", &dd, "--json"]);
     assert!(out.contains("index_restored"), "{out}");
     let d3 = start_on(&data_dir, false);
-    assert_eq!(health(&d3, "pki.ca.v1.Revocation").await, SERVING);
+    assert_eq!(health_status(&d3, "pki.ca.v1.Revocation").await, SERVING);
     let crl = d3
         .admin("ops")
         .await
@@ -699,7 +687,7 @@ async fn disk_full_is_a_state_and_recovers_by_itself() {
     for n in 0..4 {
         issued.push(redeem_sample(&d, 40 + n).await.serial);
     }
-    assert_eq!(health(&d, "pki.ca.v1.Enrollment").await, SERVING);
+    assert_eq!(health_status(&d, "pki.ca.v1.Enrollment").await, SERVING);
     let mut c = d.enrollment("portal").await.expect("portal");
     let pending = c
         .create_ticket(sample_ticket_request(49, v1::TargetOs::Ios))
@@ -729,7 +717,7 @@ async fn disk_full_is_a_state_and_recovers_by_itself() {
     let mut revoked = BTreeSet::from([issued[0].clone()]);
     wait_crl_lists(&d, &issuer, &revoked);
     let start = Instant::now();
-    while health(&d, "pki.ca.v1.Enrollment").await != NOT_SERVING {
+    while health_status(&d, "pki.ca.v1.Enrollment").await != NOT_SERVING {
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "enrollment health"
@@ -793,7 +781,7 @@ async fn disk_full_is_a_state_and_recovers_by_itself() {
     let start = Instant::now();
     loop {
         let (code, _) = http_get(d.http, "/healthz").expect("healthz");
-        if code == 503 && health(&d, "pki.ca.v1.Enrollment").await == NOT_SERVING {
+        if code == 503 && health_status(&d, "pki.ca.v1.Enrollment").await == NOT_SERVING {
             break;
         }
         assert!(
