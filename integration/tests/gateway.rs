@@ -9,14 +9,16 @@
 //! unless `PKI_ALLOW_MISSING_TOOLS=1` is set (then the test is skipped with a message).
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeSet;
+mod edge_common;
+
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use edge_common::revoke;
 use integration::gateway::{
     self, Gateway, GatewayClient, GatewayConfig, client_config_for_device, refusal_alert,
 };
@@ -154,31 +156,6 @@ async fn echo(client: &mut Client, msg: &str) -> std::io::Result<String> {
     let mut line = String::new();
     tokio::time::timeout(STEP, client.read_line(&mut line)).await??;
     Ok(line)
-}
-
-async fn revoke(d: &Daemon, serial: &str) -> Instant {
-    let revoked: BTreeSet<String> = d
-        .certificates("portal")
-        .await
-        .expect("certificates client")
-        .revoke(v1::RevokeRequest {
-            target: Some(v1::revoke_request::Target::Serial(serial.to_owned())),
-            reason: v1::RevocationReason::KeyCompromise as i32,
-            invalidity_date: None,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("Revoke {serial}: {e}"))
-        .into_inner()
-        .revoked_serials
-        .into_iter()
-        .collect();
-    let acked = Instant::now();
-    assert_eq!(
-        revoked,
-        BTreeSet::from([serial.to_owned()]),
-        "Revoke {serial}"
-    );
-    acked
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

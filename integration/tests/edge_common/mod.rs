@@ -1,5 +1,5 @@
-//! Helpers shared by the edge tests (`edge_rotation.rs`, `gateway_profile.rs`,
-//! `gateway_servers.rs`): enroll a device and take its certificate and key out of the PKCS#12
+//! Helpers shared by the edge tests (`edge_rotation.rs`, `gateway.rs` (revoke only),
+//! `gateway_profile.rs`, `gateway_servers.rs`): enroll a device and take its certificate and key out of the PKCS#12
 //! bundle with openssl, revoke, rotate.
 #![allow(dead_code)]
 
