@@ -583,33 +583,44 @@ impl v1::admin_server::Admin for AdminService {
         request: Request<v1::BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
         let who = caller(&request)?;
-        let (dir, archive) = self.authority.backup_archive(&who).await?;
-        // Read from disk in 1 MiB chunks, at most a few in flight: memory stays flat whatever
-        // the store's size. The archive is removed once sent (or the client has gone).
+        // The snapshot of a large store takes longer than the server's request timeout, which
+        // covers the time until the response starts: answer at once and stream as it comes.
+        let authority = self.authority.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
-            use std::io::Read as _;
-            let sent = std::fs::File::open(&archive).and_then(|mut f| {
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = f.read(&mut buf)?;
-                    if n == 0 {
-                        return Ok(());
-                    }
-                    let chunk = v1::BackupChunk {
-                        data: buf[..n].to_vec(),
-                    };
-                    if tx.blocking_send(Ok(chunk)).is_err() {
-                        return Ok(());
-                    }
+        tokio::spawn(async move {
+            let (dir, archive) = match authority.backup_archive(&who).await {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = tx.send(Err(Status::from(e))).await;
+                    return;
                 }
+            };
+            // Read from disk in 1 MiB chunks, at most a few in flight: memory stays flat whatever
+            // the store's size. The archive is removed once sent (or the client has gone).
+            tokio::task::spawn_blocking(move || {
+                use std::io::Read as _;
+                let sent = std::fs::File::open(&archive).and_then(|mut f| {
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        let n = f.read(&mut buf)?;
+                        if n == 0 {
+                            return Ok(());
+                        }
+                        let chunk = v1::BackupChunk {
+                            data: buf[..n].to_vec(),
+                        };
+                        if tx.blocking_send(Ok(chunk)).is_err() {
+                            return Ok(());
+                        }
+                    }
+                });
+                if let Err(e) = sent {
+                    let _ = tx.blocking_send(Err(Status::from(CaError::internal(format!(
+                        "reading the backup archive: {e}"
+                    )))));
+                }
+                let _ = std::fs::remove_dir_all(&dir);
             });
-            if let Err(e) = sent {
-                let _ = tx.blocking_send(Err(Status::from(CaError::internal(format!(
-                    "reading the backup archive: {e}"
-                )))));
-            }
-            let _ = std::fs::remove_dir_all(&dir);
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
