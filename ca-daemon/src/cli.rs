@@ -189,6 +189,14 @@ pub struct ServeArgs {
     /// sled page cache of the store, in MiB [default: the config's store_cache_mib, else 128].
     #[arg(long)]
     pub store_cache_mib: Option<u64>,
+    /// Store: `postgresql://user@host:port/db` for several daemons on one PostgreSQL
+    /// (docs/cluster.md) [default: the config's `store`, else sled in DATA_DIR/store].
+    #[arg(long, env = "CA_DAEMON_STORE")]
+    pub store: Option<String>,
+    /// File with the PostgreSQL password [default: the config's store_password_file, else
+    /// $CREDENTIALS_DIRECTORY/store-password if present].
+    #[arg(long)]
+    pub store_password_file: Option<PathBuf>,
 }
 
 /// `init` flags.
@@ -1045,6 +1053,11 @@ async fn serve(a: ServeArgs) -> Result<(), CliError> {
         dev: a.dev,
         url_base: file.url_base,
         store_cache_mib: a.store_cache_mib.or(file.store_cache_mib).unwrap_or(128),
+        store: crate::server::StoreLocation::resolve(
+            a.store.or(file.store).as_deref(),
+            a.store_password_file.or(file.store_password_file),
+        )
+        .map_err(|e| CliError::new(e.to_string()))?,
         server_names: if a.server_names.is_empty() {
             file.server_names.unwrap_or_default()
         } else {

@@ -67,6 +67,13 @@ pub struct FileConfig {
     pub server_names: Option<Vec<String>>,
     /// sled page cache of the store, in MiB. Default 128 (sled's own default is 1024).
     pub store_cache_mib: Option<u64>,
+    /// Where the store lives: `postgresql://user@host:port/db` (several daemons on one
+    /// database, docs/cluster.md). Default: sled in `DATA_DIR/store`.
+    pub store: Option<String>,
+    /// File holding the PostgreSQL password. Default: `$CREDENTIALS_DIRECTORY/store-password`
+    /// (systemd `LoadCredential=store-password:...`) when it exists, else none (peer or trust
+    /// authentication). Never in the URL.
+    pub store_password_file: Option<PathBuf>,
 }
 
 impl FileConfig {

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod authority;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod crl;
 pub mod crl_sync;

@@ -70,6 +70,8 @@ pub struct Metrics {
     pub root_crl_expiring: Gauge,
     /// Free bytes on the store's file system.
     pub storage_free_bytes: Gauge,
+    /// 1 while the shared (PostgreSQL) store answers, 0 while it does not (cluster nodes).
+    pub store_reachable: Gauge,
     /// Size of the store's files, bytes.
     pub store_size_bytes: Gauge,
     /// Store writes that failed in the engine or file system (disk full, I/O error).
@@ -157,6 +159,12 @@ fn build() -> Metrics {
         "1 from 30 days before the root CRL runs out (re-sign it: ca-daemon crl root), else 0",
         root_crl_expiring.clone(),
     );
+    let store_reachable = Gauge::default();
+    registry.register(
+        "store_reachable",
+        "1 while the shared PostgreSQL store answers, 0 while it does not (cluster nodes only)",
+        store_reachable.clone(),
+    );
     let storage_free_bytes = Gauge::default();
     registry.register(
         "storage_free_bytes",
@@ -201,6 +209,7 @@ fn build() -> Metrics {
         root_crl_next_update,
         root_crl_expiring,
         storage_free_bytes,
+        store_reachable,
         store_size_bytes,
         storage_write_failures,
         crl_guard_refusals,

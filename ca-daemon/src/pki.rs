@@ -1762,6 +1762,142 @@ pub fn rotate_issuer(
     Ok(new.id)
 }
 
+/// The four files of an issuer, by name inside `keys/issuers/<id>/`: what a node that rotated
+/// shares with the other nodes of a cluster (the keys sealed under the daemon passphrase, the
+/// certificates public; see [`adopt_issuer`]).
+pub const ISSUER_FILES: [&str; 4] = [
+    "issuer.crt",
+    "issuer.key.sealed",
+    "ocsp.crt",
+    "ocsp.key.sealed",
+];
+
+/// Reads the files of issuer `issuer_id` (in [`ISSUER_FILES`] order).
+pub fn issuer_files(data_dir: &Path, issuer_id: &str) -> Result<Vec<Vec<u8>>, PkiError> {
+    let layout = Layout::new(data_dir);
+    ISSUER_FILES
+        .iter()
+        .map(|f| {
+            let p = layout.issuer_dir(issuer_id).join(f);
+            std::fs::read(&p).map_err(io_err(&p))
+        })
+        .collect()
+}
+
+/// Adds an issuer created by another node (`issuer rotate` run there) to this data dir: checks
+/// that its certificate is signed by this PKI's root, writes its files (sealed keys stay
+/// sealed: they only unseal with this daemon's passphrase) under a staging name, renames them
+/// into place and appends it to `pki.toml`. Returns `false` when the issuer is already here.
+/// Does not make it active (see [`set_active_issuer`]).
+pub fn adopt_issuer(data_dir: &Path, issuer_id: &str, files: &[Vec<u8>]) -> Result<bool, PkiError> {
+    let layout = Layout::new(data_dir);
+    require_initialized(&layout)?;
+    validate_issuer_id(issuer_id, &layout.issuers_dir())?;
+    let final_dir = layout.issuer_dir(issuer_id);
+    let mut meta = PkiMetadata::read(&layout)?;
+    if std::fs::symlink_metadata(&final_dir).is_ok() {
+        if !meta.issuers.iter().any(|i| i == issuer_id) {
+            meta.issuers.push(issuer_id.to_owned());
+            meta.write(&layout, Overwrite::Replace)?;
+        }
+        return Ok(false);
+    }
+    if files.len() != ISSUER_FILES.len() {
+        return Err(PkiError::InvalidOption {
+            option: "issuer files",
+            reason: format!("expected {} files, got {}", ISSUER_FILES.len(), files.len()),
+        });
+    }
+    let root_der = read_cert_pem(&layout.root_cert())?;
+    let cert_path = layout.issuer_cert(issuer_id);
+    let cert_der = pem_to_der(&files[0], &cert_path)?;
+    check_signed_by(&cert_der, &root_der, &cert_path, &layout.root_cert())?;
+    let staging_dir = layout.issuers_dir().join(format!(".{issuer_id}.adopt"));
+    if std::fs::symlink_metadata(&staging_dir).is_ok() {
+        std::fs::remove_dir_all(&staging_dir).map_err(io_err(&staging_dir))?;
+    }
+    create_dir_private(&staging_dir).map_err(io_err(&staging_dir))?;
+    let written = (|| {
+        for (name, bytes) in ISSUER_FILES.iter().zip(files) {
+            let p = staging_dir.join(name);
+            let mode = if name.ends_with(".sealed") {
+                SECRET_FILE_MODE
+            } else {
+                PUBLIC_FILE_MODE
+            };
+            fsutil::write_atomic(&p, bytes, mode, Overwrite::Refuse).map_err(io_err(&p))?;
+        }
+        fsutil::sync_dir(&staging_dir).map_err(io_err(&staging_dir))?;
+        fsutil::rename_durable(&staging_dir, &final_dir).map_err(io_err(&final_dir))
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&staging_dir);
+        return Err(e);
+    }
+    if !meta.issuers.iter().any(|i| i == issuer_id) {
+        meta.issuers.push(issuer_id.to_owned());
+    }
+    meta.write(&layout, Overwrite::Replace)?;
+    tracing::info!(issuer_id, "adopted an issuer created by another node");
+    Ok(true)
+}
+
+/// The active issuer named in `keys/active-issuer`.
+pub fn active_issuer_id(data_dir: &Path) -> Result<String, PkiError> {
+    let p = Layout::new(data_dir).active_issuer();
+    Ok(std::fs::read_to_string(&p)
+        .map_err(io_err(&p))?
+        .trim()
+        .to_owned())
+}
+
+/// Points `keys/active-issuer` at `issuer_id` (which must be in this data dir).
+pub fn set_active_issuer(data_dir: &Path, issuer_id: &str) -> Result<(), PkiError> {
+    let layout = Layout::new(data_dir);
+    validate_issuer_id(issuer_id, &layout.active_issuer())?;
+    if !layout.issuer_cert(issuer_id).is_file() {
+        return Err(PkiError::UnknownIssuer {
+            id: issuer_id.to_owned(),
+        });
+    }
+    write_public(
+        &layout.active_issuer(),
+        &format!("{issuer_id}\n"),
+        Overwrite::Replace,
+    )
+}
+
+/// The root CRL of this data dir and its number (from `pki.toml`).
+pub fn root_crl_file(data_dir: &Path) -> Result<(u64, Vec<u8>), PkiError> {
+    let layout = Layout::new(data_dir);
+    let meta = PkiMetadata::read(&layout)?;
+    let p = layout.root_crl();
+    Ok((meta.root_crl_number, std::fs::read(&p).map_err(io_err(&p))?))
+}
+
+/// Takes a root CRL re-signed on another node (at its rotation) when its number is higher
+/// than this data dir's. The caller has checked its signature. Returns whether it was newer.
+pub fn adopt_root_crl(data_dir: &Path, number: u64, der: &[u8]) -> Result<bool, PkiError> {
+    let layout = Layout::new(data_dir);
+    let mut meta = PkiMetadata::read(&layout)?;
+    if number <= meta.root_crl_number {
+        return Ok(false);
+    }
+    meta.root_crl_number = number;
+    meta.write(&layout, Overwrite::Replace)?;
+    fsutil::write_atomic(&layout.root_crl(), der, PUBLIC_FILE_MODE, Overwrite::Replace)
+        .map_err(io_err(&layout.root_crl()))?;
+    Ok(true)
+}
+
+fn pem_to_der(bytes: &[u8], path: &Path) -> Result<Vec<u8>, PkiError> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(bytes).map_err(|e| PkiError::InvalidFile {
+        path: path.to_path_buf(),
+        reason: format!("not a PEM certificate: {e}"),
+    })?;
+    Ok(pem.contents)
+}
+
 /// Re-signs the root's CRL (`keys/root.crl`) with a new CRL number and a fresh nextUpdate
 /// ([`ROOT_CRL_VALIDITY_DAYS`]). The root key is unsealed only for this. Returns the new CRL
 /// number. Run it (in a key ceremony if the root key is offline) before the CRL runs out.

@@ -840,6 +840,21 @@ pub fn open_checked_store(
             "refusing to start: store: {e} (if the store is damaged, move it aside, restore the newest backup and run `ca-daemon store reconcile`)"
         ))
     })?;
+    let promises = check_opened_store(data_dir, pki, &store)?;
+    Ok((store, promises))
+}
+
+/// The start-up check of [`open_checked_store`] for a store opened by the caller (the
+/// PostgreSQL store shared by several nodes: each node keeps its own checkpoint and kept CRLs
+/// in its data dir, and the shared log only ever grows past them). An empty database behind a
+/// node's checkpoint is refused like a lost sled store (point the node at the right database,
+/// or `store copy` the backup into it).
+pub fn check_opened_store(
+    data_dir: &Path,
+    pki: &crate::pki::LoadedPki,
+    store: &dyn Store,
+) -> Result<Promises, PromiseError> {
+    let layout = PromiseLayout::new(data_dir);
     let key = CheckpointKey::from_pepper(&pki.pepper)?;
     let not_after = pki
         .issuers
@@ -848,7 +863,7 @@ pub fn open_checked_store(
         .collect();
     let check = check_store(
         &layout,
-        &store,
+        store,
         Some(&key.public_key_hex()),
         &not_after,
         time::OffsetDateTime::now_utc(),
@@ -857,8 +872,7 @@ pub fn open_checked_store(
     if !check.is_ok() {
         return Err(PromiseError::Refused(check.refusal(data_dir)));
     }
-    let promises = Promises::open(data_dir, key)?;
-    Ok((store, promises))
+    Promises::open(data_dir, key)
 }
 
 /// The CRL publication guard's question: which unexpired serials of the previous CRL of

@@ -54,6 +54,19 @@ pub fn inspect(der: &[u8]) -> Option<RootCrlInfo> {
     })
 }
 
+/// Checks that `der` is a CRL signed by the root certificate `root_der` (a root CRL shared by
+/// another node of a cluster, see [`crate::cluster`]); the reason if not.
+pub fn check_signature(der: &[u8], root_der: &[u8]) -> Result<(), String> {
+    let (_, crl) = x509_parser::parse_x509_crl(der).map_err(|e| format!("not a CRL: {e}"))?;
+    let (_, root) =
+        x509_parser::parse_x509_certificate(root_der).map_err(|e| format!("root: {e}"))?;
+    if crl.issuer() != root.subject() {
+        return Err("not issued by this PKI's root".into());
+    }
+    crl.verify_signature(root.public_key())
+        .map_err(|_| "signature does not verify under this PKI's root".to_owned())
+}
+
 /// The warning to show at `now` for a root CRL whose nextUpdate is `next_update`, if any.
 pub fn warning(next_update: OffsetDateTime, now: OffsetDateTime) -> Option<String> {
     let left = next_update - now;

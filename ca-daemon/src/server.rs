@@ -43,6 +43,63 @@ pub struct ServeOptions {
     pub server_names: Vec<String>,
     /// sled page cache, MiB.
     pub store_cache_mib: u64,
+    /// Where the store lives.
+    pub store: StoreLocation,
+}
+
+/// Where the daemon's store lives (`--store`, `CA_DAEMON_STORE`, `store =` in the config).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// sled in `DATA_DIR/store` (the embedded default: one daemon).
+    #[default]
+    Sled,
+    /// A PostgreSQL database shared by several daemons (docs/cluster.md).
+    Postgres {
+        /// `postgresql://user@host:port/db` (no password in it).
+        url: String,
+        /// File holding the password, if any.
+        password_file: Option<PathBuf>,
+    },
+}
+
+impl StoreLocation {
+    /// From the flag / environment / config value and the password file. `None` or `sled`
+    /// is sled; `postgresql://` and `postgres://` URLs are PostgreSQL; anything else is an
+    /// error naming the accepted forms. The password file defaults to the systemd credential
+    /// `store-password` when it exists.
+    pub fn resolve(value: Option<&str>, password_file: Option<PathBuf>) -> Result<Self, ServeError> {
+        let value = value.map(str::trim).filter(|v| !v.is_empty());
+        match value {
+            None | Some("sled") => {
+                if password_file.is_some() {
+                    return Err(ServeError::Store(
+                        "--store-password-file given without a postgresql:// --store".into(),
+                    ));
+                }
+                Ok(Self::Sled)
+            }
+            Some(v) if v.starts_with("postgresql://") || v.starts_with("postgres://") => {
+                let password_file = password_file.or_else(|| {
+                    std::env::var_os("CREDENTIALS_DIRECTORY")
+                        .map(|d| PathBuf::from(d).join("store-password"))
+                        .filter(|p| p.is_file())
+                });
+                Ok(Self::Postgres {
+                    url: v.to_owned(),
+                    password_file,
+                })
+            }
+            Some(_) => Err(ServeError::Store(
+                "--store must be `postgresql://user@host:port/database` (or `sled`, the default)"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Whether several daemons may share this store.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Self::Postgres { .. })
+    }
 }
 
 /// Errors that stop the daemon from starting.
@@ -113,16 +170,23 @@ pub fn resolve_passphrase(
     Passphrase::from_file(&path).map_err(|e| ServeError::Keys(e.to_string()))
 }
 
-/// Creates the dev PKI under `data_dir` if there is none yet.
-pub fn ensure_dev_pki(data_dir: &std::path::Path, url_base: &str) -> Result<(), ServeError> {
+/// Creates the dev PKI under `data_dir` if there is none yet, with an empty sled store when
+/// `sled_store` (a PostgreSQL store gets its schema when the daemon connects).
+pub fn ensure_dev_pki(
+    data_dir: &std::path::Path,
+    url_base: &str,
+    sled_store: bool,
+) -> Result<(), ServeError> {
     if crate::pki::Layout::new(data_dir).is_initialized() {
         return Ok(());
     }
     let opts = crate::pki::InitOptions::dev(data_dir, url_base)
         .map_err(|e| ServeError::Keys(e.to_string()))?;
     let report = crate::pki::init(&opts).map_err(|e| ServeError::Keys(e.to_string()))?;
-    crate::promises::create_empty_store(&crate::pki::Layout::new(data_dir).store_dir())
-        .map_err(|e| ServeError::Store(e.to_string()))?;
+    if sled_store {
+        crate::promises::create_empty_store(&crate::pki::Layout::new(data_dir).store_dir())
+            .map_err(|e| ServeError::Store(e.to_string()))?;
+    }
     tracing::warn!(data_dir = %data_dir.display(), issuer = %report.issuer_id,
         "created a DEV PKI (generated passphrase in dev/passphrase, plaintext client keys in dev/): not for production");
     Ok(())
@@ -160,7 +224,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     if opts.dev {
         let dir = opts.data_dir.clone();
         let base = url_base.clone();
-        tokio::task::spawn_blocking(move || ensure_dev_pki(&dir, &base))
+        let sled_store = !opts.store.is_shared();
+        tokio::task::spawn_blocking(move || ensure_dev_pki(&dir, &base, sled_store))
             .await
             .map_err(|e| ServeError::Startup(e.to_string()))??;
     }
@@ -199,20 +264,48 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     )
     .map_err(|e| ServeError::Keys(e.to_string()))?;
 
-    let store_dir = crate::pki::Layout::new(&opts.data_dir).store_dir();
-    crate::storage::configure(&store_dir, policy.storage.low_water_bytes());
-    let dir = opts.data_dir.clone();
-    let cache_bytes = opts.store_cache_mib.saturating_mul(1 << 20);
-    let (pki, store, promises) = tokio::task::spawn_blocking(move || {
-        crate::promises::open_checked_store(&dir, &pki, cache_bytes).map(|(s, p)| (pki, s, p))
-    })
-    .await
-    .map_err(|e| ServeError::Startup(e.to_string()))?
-    .map_err(|e| match e {
+    let refused = |e: crate::promises::PromiseError| match e {
         crate::promises::PromiseError::Refused(m) => ServeError::Refused(m),
         e => ServeError::Store(e.to_string()),
-    })?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    };
+    let dir = opts.data_dir.clone();
+    let (pki, store, promises): (_, Arc<dyn Store>, _) = match &opts.store {
+        StoreLocation::Sled => {
+            let store_dir = crate::pki::Layout::new(&opts.data_dir).store_dir();
+            crate::storage::configure(&store_dir, policy.storage.low_water_bytes());
+            let cache_bytes = opts.store_cache_mib.saturating_mul(1 << 20);
+            let (pki, store, promises) = tokio::task::spawn_blocking(move || {
+                crate::promises::open_checked_store(&dir, &pki, cache_bytes)
+                    .map(|(s, p)| (pki, s, p))
+            })
+            .await
+            .map_err(|e| ServeError::Startup(e.to_string()))?
+            .map_err(refused)?;
+            (pki, Arc::new(store), promises)
+        }
+        StoreLocation::Postgres { url, password_file } => {
+            let store = crate::cluster::connect_store(url, password_file.as_deref()).await?;
+            let (s, pass) = (store.clone(), passphrase.clone());
+            let (pki, promises) = tokio::task::spawn_blocking(move || {
+                // Issuers rotated on another node while this one was down come first.
+                let pki = match crate::cluster::adopt_keys(&dir, s.as_ref()) {
+                    Ok(false) => pki,
+                    Ok(true) => crate::pki::load(&dir, &pass)
+                        .map_err(|e| crate::promises::PromiseError::Refused(e.to_string()))?,
+                    Err(e) => {
+                        return Err(crate::promises::PromiseError::Refused(format!(
+                            "refusing to start: adopting the other nodes' issuers: {e}"
+                        )));
+                    }
+                };
+                crate::promises::check_opened_store(&dir, &pki, s.as_ref()).map(|p| (pki, p))
+            })
+            .await
+            .map_err(|e| ServeError::Startup(e.to_string()))?
+            .map_err(refused)?;
+            (pki, store, promises)
+        }
+    };
     let (authority, crl_rx) = Authority::new(
         pki,
         store,
@@ -264,7 +357,16 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     ));
     // Storage room and the CRL guard move these two to NOT_SERVING and back.
     let (restart_tx, mut restart_rx) = watch::channel(false);
-    {
+    if opts.store.is_shared() {
+        // The database is PostgreSQL's to keep available; a node only reports it.
+        let a = authority.clone();
+        tokio::spawn(crate::cluster::run_db_health(
+            health_reporter.clone(),
+            authority.store().clone(),
+            move || a.crl_guard_blocked(),
+        ));
+        drop(restart_tx);
+    } else {
         let a = authority.clone();
         tokio::spawn(crate::storage::health_monitor(
             health_reporter.clone(),
