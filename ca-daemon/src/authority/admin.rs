@@ -1,13 +1,15 @@
-//! Administration: audit verification, backups, counts for status and metrics.
+//! Administration: audit verification, backups, the counts and figures of `GetStatus` and
+//! the metrics.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use time::{Duration, OffsetDateTime};
 
 use crate::error::CaError;
 use crate::store::{AuditEvent, TicketState};
 
-use super::{Authority, Caller, blocking, store_err};
+use super::{Authority, Caller, IssuerView, ROOT_CRL_ID, blocking, store_err};
 
 /// A fresh private directory under DATA_DIR/tmp for snapshots.
 pub(super) fn tempfile_dir(data_dir: &std::path::Path) -> Result<PathBuf, CaError> {
@@ -16,6 +18,37 @@ pub(super) fn tempfile_dir(data_dir: &std::path::Path) -> Result<PathBuf, CaErro
         .join(uuid::Uuid::new_v4().simple().to_string());
     std::fs::create_dir_all(&dir).map_err(|e| CaError::internal(format!("temp dir: {e}")))?;
     Ok(dir)
+}
+
+/// The figures `GetStatus` answers with.
+pub struct StatusFigures {
+    /// Issuers with counts and CRL numbers.
+    pub issuers: Vec<IssuerView>,
+    /// Ticket counts by state.
+    pub tickets_by_state: Vec<(TicketState, u64)>,
+    /// Certificates issued, all issuers.
+    pub certificates_total: u64,
+    /// Certificates revoked, all issuers.
+    pub certificates_revoked: u64,
+    /// The latest stored CRL of each issuer that has one.
+    pub crls: Vec<CrlFigures>,
+    /// The root's CRL over its issuers (issuer id [`ROOT_CRL_ID`]), if it exists and parses.
+    pub root_crl: Option<CrlFigures>,
+    /// Certificates neither revoked nor renewed whose notAfter lies within 30 days.
+    pub certificates_expiring_within_30_days: u64,
+}
+
+/// Number and times of one CRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlFigures {
+    /// Issuer id ([`ROOT_CRL_ID`] for the root's CRL).
+    pub issuer_id: String,
+    /// CRL number.
+    pub number: u64,
+    /// thisUpdate.
+    pub this_update: OffsetDateTime,
+    /// nextUpdate.
+    pub next_update: OffsetDateTime,
 }
 
 impl Authority {
@@ -29,6 +62,45 @@ impl Authority {
                 .map_err(store_err)
         })
         .await
+    }
+
+    /// Everything `GetStatus` reports: issuers, ticket and certificate counts, the latest CRL
+    /// of each issuer and the root's CRL, certificates expiring within 30 days.
+    pub async fn status_figures(self: &Arc<Self>) -> Result<StatusFigures, CaError> {
+        let issuers = self.list_issuers().await?;
+        let tickets_by_state = self.ticket_counts().await?;
+        let mut certificates_total = 0;
+        let mut certificates_revoked = 0;
+        let mut crls = Vec::new();
+        for i in &issuers {
+            let (t, r, _) = self.certificate_counts(&i.record.id).await?;
+            certificates_total += t;
+            certificates_revoked += r;
+            if let Some(c) = self.latest_crl(&i.record.id).await? {
+                crls.push(CrlFigures {
+                    issuer_id: c.issuer_id,
+                    number: c.number,
+                    this_update: c.this_update,
+                    next_update: c.next_update,
+                });
+            }
+        }
+        let root_crl = self.root_crl_info().await.map(|r| CrlFigures {
+            issuer_id: ROOT_CRL_ID.into(),
+            number: r.number,
+            this_update: r.this_update,
+            next_update: r.next_update,
+        });
+        let certificates_expiring_within_30_days = self.expiring_within_days(30).await?;
+        Ok(StatusFigures {
+            issuers,
+            tickets_by_state,
+            certificates_total,
+            certificates_revoked,
+            crls,
+            root_crl,
+            certificates_expiring_within_30_days,
+        })
     }
 
     /// Verifies the audit chain.

@@ -52,7 +52,10 @@ mod enrollment;
 mod issuers;
 mod publication;
 mod revocation;
+#[cfg(test)]
+mod tests;
 
+pub use admin::{CrlFigures, StatusFigures};
 pub use edge::{CrlBundle, LiveCrl, LiveIssuer, ROOT_CRL_ID};
 use issuers::{IssuerSet, responder_issuers};
 

@@ -15,7 +15,7 @@ use crate::error::CaError;
 use crate::metrics;
 use crate::pki;
 use crate::promises::Promises;
-use crate::store::{AuditEvent, CrlRecord, Store, StoreError};
+use crate::store::{AuditEvent, CrlRecord, IssuerState, Store, StoreError};
 
 use super::revocation::StoreLookup;
 use super::{Authority, blocking, store_err};
@@ -282,6 +282,28 @@ impl Authority {
         Ok(record)
     }
 
+    /// Publishes a CRL for every issuer that is not retired (`PublishCrl` without an issuer
+    /// id) and returns the active issuer's.
+    pub async fn publish_all_crls(
+        self: &Arc<Self>,
+        actor: &str,
+    ) -> Result<Arc<CrlRecord>, CaError> {
+        let mut active = None;
+        for v in self.list_issuers().await? {
+            if v.record.state == IssuerState::Retired {
+                continue;
+            }
+            let crl = self.publish_crl(&v.record.id, actor).await?;
+            if v.record.state == IssuerState::Active {
+                active = Some(crl);
+            }
+        }
+        match active {
+            Some(c) => Ok(c),
+            None => self.publish_crl("", actor).await,
+        }
+    }
+
     /// Drains revocation notifications, waits the policy's batch window so revocations that
     /// arrive together share one CRL, and republishes. Also republishes on schedule before
     /// `nextUpdate` and refreshes OCSP responses due for re-signing. Runs until the sender side
@@ -410,6 +432,31 @@ impl Authority {
     /// and at each rotation), if one exists.
     pub fn root_crl(&self) -> Option<Vec<u8>> {
         std::fs::read(pki::Layout::new(&self.data_dir).root_crl()).ok()
+    }
+
+    /// The root CRL's number, thisUpdate and nextUpdate, if it exists and parses (read on the
+    /// blocking pool).
+    pub async fn root_crl_info(self: &Arc<Self>) -> Option<crate::root_crl::RootCrlInfo> {
+        let this = self.clone();
+        blocking(move || {
+            Ok(this
+                .root_crl()
+                .as_deref()
+                .and_then(crate::root_crl::inspect))
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// The operator warning while the root CRL needs re-signing, is missing or does not parse
+    /// ([`crate::root_crl::current_warning`]), read on the blocking pool.
+    pub async fn root_crl_warning(self: &Arc<Self>) -> Option<String> {
+        let this = self.clone();
+        blocking(move || Ok(crate::root_crl::current_warning(&this)))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The latest stored CRL of an issuer.
