@@ -94,8 +94,8 @@ async fn healthz(State(a): State<Arc<Authority>>) -> Response {
         )
             .into_response();
     }
-    match tokio::task::spawn_blocking(move || crate::root_crl::current_warning(&a)).await {
-        Ok(Some(w)) => format!(
+    match a.root_crl_warning().await {
+        Some(w) => format!(
             "ok
 warning: {w}
 "

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
 use super::auth::caller;
-use crate::authority::{Authority, NewTicket, Redemption, StatusAnswer};
+use crate::authority::{Authority, CrlFigures, IssuerView, NewTicket, Redemption, StatusAnswer};
 use crate::error::CaError;
 use crate::store::{
     CertFilter, CertRecord, CrlRecord, IssuerState, RevokeTarget, TicketRecord, TicketState,
@@ -428,6 +428,28 @@ fn issuer_state(s: IssuerState) -> v1::IssuerState {
     }
 }
 
+fn issuer_msg(v: IssuerView) -> v1::Issuer {
+    v1::Issuer {
+        id: v.record.id,
+        state: issuer_state(v.record.state) as i32,
+        certificate_der: v.record.cert_der,
+        not_before: ts(v.record.not_before),
+        not_after: ts(v.record.not_after),
+        certificate_count: v.certificate_count,
+        crl_number: v.crl_number,
+    }
+}
+
+fn crl_info(c: CrlFigures, now: OffsetDateTime) -> v1::CrlInfo {
+    v1::CrlInfo {
+        age_seconds: u64::try_from((now - c.this_update).whole_seconds()).unwrap_or(0),
+        issuer_id: c.issuer_id,
+        number: c.number,
+        this_update: ts(c.this_update),
+        next_update: ts(c.next_update),
+    }
+}
+
 impl AdminService {
     async fn issuers(&self) -> Result<Vec<v1::Issuer>, Status> {
         Ok(self
@@ -435,15 +457,7 @@ impl AdminService {
             .list_issuers()
             .await?
             .into_iter()
-            .map(|v| v1::Issuer {
-                id: v.record.id,
-                state: issuer_state(v.record.state) as i32,
-                certificate_der: v.record.cert_der,
-                not_before: ts(v.record.not_before),
-                not_after: ts(v.record.not_after),
-                certificate_count: v.certificate_count,
-                crl_number: v.crl_number,
-            })
+            .map(issuer_msg)
             .collect())
     }
 }
@@ -466,29 +480,13 @@ impl v1::admin_server::Admin for AdminService {
         request: Request<v1::PublishCrlRequest>,
     ) -> Result<Response<v1::Crl>, Status> {
         let who = caller(&request)?;
-        let id = request.get_ref().issuer_id.clone();
-        if id.is_empty() {
+        let id = &request.get_ref().issuer_id;
+        let crl = if id.is_empty() {
             // All issuers; answer with the active one's.
-            let mut active = None;
-            for v in self.authority.list_issuers().await? {
-                if v.record.state == IssuerState::Retired {
-                    continue;
-                }
-                let crl = self
-                    .authority
-                    .publish_crl(&v.record.id, &who.actor())
-                    .await?;
-                if v.record.state == IssuerState::Active {
-                    active = Some(crl);
-                }
-            }
-            let crl = match active {
-                Some(c) => c,
-                None => self.authority.publish_crl("", &who.actor()).await?,
-            };
-            return Ok(Response::new(crl_msg(&crl)));
-        }
-        let crl = self.authority.publish_crl(&id, &who.actor()).await?;
+            self.authority.publish_all_crls(&who.actor()).await?
+        } else {
+            self.authority.publish_crl(id, &who.actor()).await?
+        };
         Ok(Response::new(crl_msg(&crl)))
     }
 
@@ -526,53 +524,20 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         _request: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
-        let issuers = self.issuers().await?;
-        let tickets_by_state = self
-            .authority
-            .ticket_counts()
-            .await?
-            .into_iter()
-            .map(|(s, n)| (s.to_string(), n))
-            .collect();
-        let mut total = 0;
-        let mut revoked = 0;
-        let mut crls = Vec::new();
+        let f = self.authority.status_figures().await?;
         let now = OffsetDateTime::now_utc();
-        for i in &issuers {
-            let (t, r, _) = self.authority.certificate_counts(&i.id).await?;
-            total += t;
-            revoked += r;
-            if let Some(c) = self.authority.latest_crl(&i.id).await? {
-                crls.push(v1::CrlInfo {
-                    issuer_id: c.issuer_id.clone(),
-                    number: c.number,
-                    this_update: ts(c.this_update),
-                    next_update: ts(c.next_update),
-                    age_seconds: u64::try_from((now - c.this_update).whole_seconds()).unwrap_or(0),
-                });
-            }
-        }
-        let root_crl = self
-            .authority
-            .root_crl()
-            .as_deref()
-            .and_then(crate::root_crl::inspect)
-            .map(|r| v1::CrlInfo {
-                issuer_id: "root".into(),
-                number: r.number,
-                this_update: ts(r.this_update),
-                next_update: ts(r.next_update),
-                age_seconds: u64::try_from((now - r.this_update).whole_seconds()).unwrap_or(0),
-            });
-        let expiring = self.authority.expiring_within_days(30).await?;
         Ok(Response::new(v1::StatusResponse {
-            certificates_expiring_within_30_days: expiring,
-            issuers,
-            tickets_by_state,
-            certificates_total: total,
-            certificates_revoked: revoked,
-            crls,
-            root_crl,
+            certificates_expiring_within_30_days: f.certificates_expiring_within_30_days,
+            issuers: f.issuers.into_iter().map(issuer_msg).collect(),
+            tickets_by_state: f
+                .tickets_by_state
+                .into_iter()
+                .map(|(s, n)| (s.to_string(), n))
+                .collect(),
+            certificates_total: f.certificates_total,
+            certificates_revoked: f.certificates_revoked,
+            crls: f.crls.into_iter().map(|c| crl_info(c, now)).collect(),
+            root_crl: f.root_crl.map(|c| crl_info(c, now)),
         }))
     }
 
