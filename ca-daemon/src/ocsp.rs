@@ -985,6 +985,23 @@ impl OcspResponder {
         }
     }
 
+    /// Drops every cached response (another node changed statuses while this one could not
+    /// hear about it: a reconnect to the shared store, or a bulk revocation), so each next
+    /// request asks the [`StatusLookup`] again.
+    pub fn invalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
+        for shard in &self.shards {
+            let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
+            let unknown = shard
+                .values()
+                .filter(|c| c.status == CertStatus::Unknown)
+                .count();
+            shard.clear();
+            self.unknown_cached.fetch_sub(unknown, Ordering::Relaxed);
+        }
+    }
+
     /// Signs and caches the response for `serial_hex` with `status` (SHA-1 CertID, the
     /// RFC 5019 form), replacing any cached one; drops a cached SHA-256 variant. Called after
     /// issuance (`Good`) and revocation (`Revoked`).

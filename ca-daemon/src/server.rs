@@ -306,6 +306,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             (pki, store, promises)
         }
     };
+    let shared = store.clone();
     let (authority, crl_rx) = Authority::new(
         pki,
         store,
@@ -318,6 +319,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     authority.scheduled_maintenance().await;
     tokio::spawn(authority.clone().run_crl_publisher(crl_rx));
     tokio::spawn(authority.clone().run_supersessions());
+    // Several nodes: follow the others' revocations, CRLs and issuers (authority/cluster.rs).
+    tokio::spawn(authority.clone().run_cluster_sync());
 
     let grpc_listener = TcpListener::bind(opts.grpc_listen)
         .await
@@ -362,7 +365,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         let a = authority.clone();
         tokio::spawn(crate::cluster::run_db_health(
             health_reporter.clone(),
-            authority.store().clone(),
+            shared.clone(),
             move || a.crl_guard_blocked(),
         ));
         drop(restart_tx);

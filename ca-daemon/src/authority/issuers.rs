@@ -246,7 +246,13 @@ impl Authority {
     ) -> Result<String, CaError> {
         let dir = self.data_dir.clone();
         let pass = Arc::clone(passphrase);
-        let pki = blocking(move || pki::load(&dir, &pass).map_err(CaError::internal)).await?;
+        let this = self.clone();
+        let pki = blocking(move || {
+            // Several nodes: share a rotation made here, take one made elsewhere.
+            this.exchange_cluster_keys()?;
+            pki::load(&dir, &pass).map_err(CaError::internal)
+        })
+        .await?;
         let set = IssuerSet::from_loaded(pki.active_issuer_id, pki.issuers)?;
         self.ocsp
             .set_issuers(responder_issuers(&set)?)

@@ -20,13 +20,14 @@
 //! | `issuers.rs` | the loaded issuer set, issuer records, reloads (rotation), OCSP responder renewal, the CA chain and issuer certificates |
 //! | `admin.rs` | audit verification, backups, counts |
 //! | `edge.rs` | what TLS gateways follow: live issuers, the all-issuers CRL stream, the CRL bundle |
+//! | `cluster.rs` | several daemons on one PostgreSQL store |
 //!
 //! Cross-node coordination (several daemons on one database: reacting to the store's change
 //! notifications, re-reading the issuer set, invalidating the CRL watches and the pre-signed
-//! OCSP cache, catching up after a reconnect) has one home: `publication.rs`, next to the
-//! publisher loop that already republishes when the store moved (`republish_if_behind`,
-//! `scheduled_maintenance`). It calls into `issuers.rs` (`reload_issuers`) and the OCSP
-//! responder rather than growing its own copies of them.
+//! OCSP cache, catching up after a reconnect) has one home: `cluster.rs`. It calls into
+//! `issuers.rs` (`reload_issuers`), `publication.rs` and the OCSP responder rather than growing
+//! its own copies of them; the one cross-node step inside publication is the store's
+//! publication lock around numbering, building and saving a CRL.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -47,6 +48,7 @@ use crate::tickets::TicketMac;
 
 mod admin;
 mod certificates;
+mod cluster;
 mod edge;
 mod enrollment;
 mod issuers;

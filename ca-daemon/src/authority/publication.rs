@@ -203,6 +203,9 @@ impl Authority {
             let _one_at_a_time = gate
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Several nodes: only one builds this issuer's CRL at a time, so numbers grow in
+            // commit order (a PostgreSQL advisory lock; a no-op lock for sled).
+            let _one_node_at_a_time = store.publication_lock(&issuer.id).map_err(store_err)?;
             // The number is at least the current Unix time (as Boulder does): it only ever
             // grows, also after a restore from an older backup, which would otherwise reissue
             // numbers already published with different content. The store's counter keeps it
