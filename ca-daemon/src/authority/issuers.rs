@@ -75,6 +75,21 @@ impl Authority {
             .into_iter()
             .map(|r| (r.id.clone(), r))
             .collect();
+        // Several nodes: another node may have rotated to a newer issuer that this node has
+        // not adopted yet; then this node's older view must not overwrite the store's
+        // (authority/cluster.rs adopts the new issuer and reloads, and its sync writes then).
+        let behind = self.shared_store()
+            && set.by_id.get(&set.active).is_some_and(|mine| {
+                existing.values().any(|r| {
+                    r.state == IssuerState::Active
+                        && r.id != mine.id
+                        && (r.not_before, &r.id) > (mine.not_before, &mine.id)
+                })
+            });
+        if behind {
+            tracing::info!(active_issuer = %set.active,
+                "another node made a newer issuer active; adopting it before recording states");
+        }
         let mut states = Vec::with_capacity(set.by_id.len());
         for issuer in set.by_id.values() {
             let state = if issuer.id == set.active {
@@ -87,7 +102,7 @@ impl Authority {
                 super::edge::retiring_state(live)
             };
             states.push((issuer.clone(), state));
-            if existing.get(&issuer.id).map(|r| r.state) == Some(state) {
+            if behind || existing.get(&issuer.id).map(|r| r.state) == Some(state) {
                 continue;
             }
             let record = IssuerRecord {
