@@ -65,7 +65,10 @@ pub enum ClusterError {
 fn read_password(path: Option<&Path>) -> Result<Option<Zeroizing<String>>, ServeError> {
     let Some(path) = path else { return Ok(None) };
     let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| {
-        ServeError::Store(format!("cannot read the store password file {}: {e}", path.display()))
+        ServeError::Store(format!(
+            "cannot read the store password file {}: {e}",
+            path.display()
+        ))
     })?);
     let text = std::str::from_utf8(&bytes).map_err(|_| {
         ServeError::Store(format!(
@@ -103,7 +106,11 @@ pub async fn connect_store(
 /// store, so the other nodes can adopt them. Blobs already there are left alone; an OCSP
 /// responder renewed on this node differs from the shared one and stays local (each node may
 /// sign OCSP with its own responder certificate). Returns how many blobs were new.
-pub fn publish_keys(data_dir: &Path, store: &dyn Store, actor: &str) -> Result<usize, ClusterError> {
+pub fn publish_keys(
+    data_dir: &Path,
+    store: &dyn Store,
+    actor: &str,
+) -> Result<usize, ClusterError> {
     let have: std::collections::HashMap<String, Vec<u8>> = store.key_blobs()?.into_iter().collect();
     let layout = pki::Layout::new(data_dir);
     let meta = pki::PkiMetadata::read(&layout)?;
@@ -141,10 +148,17 @@ pub fn publish_keys(data_dir: &Path, store: &dyn Store, actor: &str) -> Result<u
     }
     let (number, der) = pki::root_crl_file(data_dir)?;
     if number > 0 {
-        put(root_crl_blob_name(number), &der, "root CRL shared with the other nodes")?;
+        put(
+            root_crl_blob_name(number),
+            &der,
+            "root CRL shared with the other nodes",
+        )?;
     }
     if added > 0 {
-        tracing::info!(blobs = added, "shared this node's issuer files with the cluster");
+        tracing::info!(
+            blobs = added,
+            "shared this node's issuer files with the cluster"
+        );
     }
     Ok(added)
 }
@@ -255,7 +269,9 @@ pub async fn run_db_health(
                     tracing::info!("database reachable again: enrollment SERVING");
                 }
             } else {
-                tracing::error!("database unreachable: enrollment NOT_SERVING; CRLs and cached OCSP answers are served from memory");
+                tracing::error!(
+                    "database unreachable: enrollment NOT_SERVING; CRLs and cached OCSP answers are served from memory"
+                );
             }
             let status = if reachable {
                 ServingStatus::Serving

@@ -1885,8 +1885,13 @@ pub fn adopt_root_crl(data_dir: &Path, number: u64, der: &[u8]) -> Result<bool, 
     }
     meta.root_crl_number = number;
     meta.write(&layout, Overwrite::Replace)?;
-    fsutil::write_atomic(&layout.root_crl(), der, PUBLIC_FILE_MODE, Overwrite::Replace)
-        .map_err(io_err(&layout.root_crl()))?;
+    fsutil::write_atomic(
+        &layout.root_crl(),
+        der,
+        PUBLIC_FILE_MODE,
+        Overwrite::Replace,
+    )
+    .map_err(io_err(&layout.root_crl()))?;
     Ok(true)
 }
 

@@ -67,7 +67,10 @@ impl StoreLocation {
     /// is sled; `postgresql://` and `postgres://` URLs are PostgreSQL; anything else is an
     /// error naming the accepted forms. The password file defaults to the systemd credential
     /// `store-password` when it exists.
-    pub fn resolve(value: Option<&str>, password_file: Option<PathBuf>) -> Result<Self, ServeError> {
+    pub fn resolve(
+        value: Option<&str>,
+        password_file: Option<PathBuf>,
+    ) -> Result<Self, ServeError> {
         let value = value.map(str::trim).filter(|v| !v.is_empty());
         match value {
             None | Some("sled") => {

@@ -101,6 +101,7 @@ pub struct Daemon {
     /// File collecting the daemon's stdout and stderr.
     pub log_path: PathBuf,
     extra_args: Vec<String>,
+    wrapper: Vec<String>,
 }
 
 /// Options for starting a daemon.
@@ -114,6 +115,26 @@ pub struct DaemonOptions {
     pub metrics: bool,
     /// Extra arguments to `serve`.
     pub extra_args: Vec<String>,
+    /// A command the daemon runs under, e.g. `["ip", "netns", "exec", "node1"]` (the
+    /// partition test); none by default.
+    pub wrapper: Vec<String>,
+    /// The address the listeners bind (default 127.0.0.1).
+    pub listen_ip: Option<std::net::IpAddr>,
+}
+
+/// Whether this test run puts every daemon on PostgreSQL (`CA_DAEMON_TEST_STORE=postgresql`,
+/// set by scripts/test.sh for the suites that run on both stores).
+pub fn test_store_is_postgres() -> bool {
+    std::env::var("CA_DAEMON_TEST_STORE").is_ok_and(|v| v == "postgresql")
+}
+
+/// The PostgreSQL of this test process when [`test_store_is_postgres`]: started once, stopped
+/// by its watchdog when the process ends.
+fn shared_pg() -> Result<&'static pg::PgCluster, HarnessError> {
+    static PG: std::sync::OnceLock<Result<pg::PgCluster, String>> = std::sync::OnceLock::new();
+    PG.get_or_init(|| pg::PgCluster::start_new().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| HarnessError::NotReady(format!("PostgreSQL for CA_DAEMON_TEST_STORE: {e}")))
 }
 
 impl Daemon {
@@ -133,6 +154,15 @@ impl Daemon {
             }
         };
         let mut extra = opts.extra_args.clone();
+        if test_store_is_postgres() && !extra.iter().any(|a| a == "--store") {
+            let db = shared_pg()?.create_database()?;
+            extra.extend([
+                "--store".to_owned(),
+                db.url,
+                "--store-password-file".to_owned(),
+                db.password_file.display().to_string(),
+            ]);
+        }
         if let Some(p) = &opts.policy {
             extra.push("--policy".into());
             extra.push(p.display().to_string());
@@ -146,14 +176,18 @@ impl Daemon {
             metrics: None,
             log_path: PathBuf::new(),
             extra_args: extra,
+            wrapper: opts.wrapper.clone(),
         };
         // A port found free can be taken by a parallel test before the daemon binds it: then
         // the daemon exits with "Address already in use" and we try again on new ports.
         let mut attempt = 0;
         loop {
             attempt += 1;
-            d.grpc = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-            d.http = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            let ip = opts
+                .listen_ip
+                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+            d.grpc = SocketAddr::new(ip, free_port()?);
+            d.http = SocketAddr::new(ip, free_port()?);
             d.metrics = if opts.metrics {
                 Some(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
             } else {
@@ -185,7 +219,14 @@ impl Daemon {
             .open(&self.log_path)
             .map_err(io("open daemon log"))?;
         let log2 = log.try_clone().map_err(io("clone log handle"))?;
-        let mut cmd = Command::new(daemon_bin()?);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(daemon_bin()?);
+                c
+            }
+            None => Command::new(daemon_bin()?),
+        };
         cmd.arg("serve")
             .arg("--dev")
             .arg("--data-dir")

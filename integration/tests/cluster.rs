@@ -180,7 +180,10 @@ async fn revocations_reach_every_node_within_a_second() {
             .await
             .unwrap_or_else(|| panic!("node {i}: OCSP never answered revoked"));
             worst = worst.max(t0.elapsed());
-            assert!(took <= Duration::from_secs(1), "node {i} OCSP took {took:?}");
+            assert!(
+                took <= Duration::from_secs(1),
+                "node {i} OCSP took {took:?}"
+            );
             let dir = c.dir.path();
             let (_, _) = until(Duration::from_secs(5), || async {
                 http_crl(d, &issuer_id)
@@ -205,7 +208,10 @@ async fn revocations_reach_every_node_within_a_second() {
                 .await
                 .expect("GetCrl")
                 .into_inner();
-            assert!(crl_serials(dir, &got.der).contains(&r.serial), "node {i}: GetCrl");
+            assert!(
+                crl_serials(dir, &got.der).contains(&r.serial),
+                "node {i}: GetCrl"
+            );
         }
         // Every stream delivered a CRL with it, within a second.
         let mut seen = BTreeSet::new();
@@ -217,7 +223,10 @@ async fn revocations_reach_every_node_within_a_second() {
             };
             if crl_serials(c.dir.path(), &crl.der).contains(&r.serial) {
                 let took = at.saturating_duration_since(t0);
-                assert!(took <= Duration::from_secs(1), "node {i} WatchCrl took {took:?}");
+                assert!(
+                    took <= Duration::from_secs(1),
+                    "node {i} WatchCrl took {took:?}"
+                );
                 seen.insert(i);
             }
         }
@@ -240,7 +249,10 @@ async fn revocations_reach_every_node_within_a_second() {
     }
     let mut numbers = BTreeSet::new();
     for t in tasks {
-        let n = t.await.expect("join").expect("PublishCrl on every node at once");
+        let n = t
+            .await
+            .expect("join")
+            .expect("PublishCrl on every node at once");
         assert!(numbers.insert(n), "CRL number {n} published twice");
     }
     // In commit order (the one audit chain), numbers strictly increase.
@@ -296,7 +308,10 @@ async fn rotation_on_one_node_switches_every_node() {
         })
         .await
         .unwrap_or_else(|| panic!("node {i} never switched to {new}:\n{}", d.log()));
-        assert!(took <= Duration::from_secs(5), "node {i} switched after {took:?}");
+        assert!(
+            took <= Duration::from_secs(5),
+            "node {i} switched after {took:?}"
+        );
         // Its own keys dir now has the new issuer (sealed key included).
         assert!(
             d.data_dir
@@ -309,7 +324,9 @@ async fn rotation_on_one_node_switches_every_node() {
     eprintln!("rotation reached every node after {:?}", t0.elapsed());
     // A redemption on a node that did not rotate is signed by the new issuer.
     let (number, password) = create_ticket(&c.nodes[2], 7).await;
-    let r = redeem(&c.nodes[2], &number, &password).await.expect("redeem");
+    let r = redeem(&c.nodes[2], &number, &password)
+        .await
+        .expect("redeem");
     let got = c.nodes[1]
         .certificates("portal")
         .await
@@ -358,13 +375,12 @@ async fn audit_is_one_chain_across_nodes() {
     assert_eq!(code, 0, "audit verify: {out}\n{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     let entries = v["entries"].as_u64().expect("entries");
-    let rows: u64 = c
-        .pg
-        .psql(&c.db.name, "SELECT count(*) FROM audit")
-        .expect("psql")
-        .trim()
-        .parse()
-        .expect("count");
+    let rows: u64 =
+        c.pg.psql(&c.db.name, "SELECT count(*) FROM audit")
+            .expect("psql")
+            .trim()
+            .parse()
+            .expect("count");
     assert_eq!(entries, rows, "verify covers every node's entries");
 
     // Altered row.

@@ -10,6 +10,10 @@
 //! | `Issuers`, `KeyBlobs` | writes the issuers another node shared into its own `keys/` and reloads when anything changed ([`crate::cluster::adopt_keys`]) |
 //! | `Resync` (after a reconnect: notifications sent meanwhile are lost) | all of the above for every issuer, and drops the whole OCSP cache |
 //!
+//! A little after a revocation (or a reconnect), every node also checks that the stored CRL
+//! lists every revocation and publishes one if not: the revoking node may have died between
+//! acknowledging the revocation and publishing its CRL.
+//!
 //! The node that changes something does its own part directly (it revokes, publishes and
 //! invalidates as a single daemon does); hearing its own notification back is harmless.
 //! With sled (`subscribe` returns `None`) nothing here runs.
@@ -36,6 +40,25 @@ impl Authority {
             return;
         };
         tracing::info!("following the other nodes' changes");
+        // A node that acknowledged a revocation and died inside the batch window never
+        // publishes its CRL: a little after each revocation every node checks that the stored
+        // CRL lists every revocation and publishes if not (the publication lock and the
+        // re-check make one node do it; usually the revoking node already has).
+        let catch_up = Arc::new(tokio::sync::Notify::new());
+        {
+            let this = self.clone();
+            let catch_up = catch_up.clone();
+            let grace = std::time::Duration::from_millis(
+                u64::from(self.policy.crl.batch_window_ms) + 2_000,
+            );
+            tokio::spawn(async move {
+                loop {
+                    catch_up.notified().await;
+                    tokio::time::sleep(grace).await;
+                    this.republish_if_behind().await;
+                }
+            });
+        }
         loop {
             let change = match rx.recv().await {
                 Ok(c) => c,
@@ -48,6 +71,9 @@ impl Authority {
                 }
                 Err(RecvError::Closed) => return,
             };
+            if matches!(change, StoreChange::Revoked { .. } | StoreChange::Resync) {
+                catch_up.notify_one();
+            }
             self.apply_change(change).await;
         }
     }

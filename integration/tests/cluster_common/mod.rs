@@ -198,10 +198,7 @@ pub async fn create_ticket(d: &Daemon, n: u32) -> (String, String) {
         .enrollment("portal")
         .await
         .expect("enrollment client")
-        .create_ticket(integration::sample_ticket_request(
-            n,
-            v1::TargetOs::Android,
-        ))
+        .create_ticket(integration::sample_ticket_request(n, v1::TargetOs::Android))
         .await
         .expect("CreateTicket")
         .into_inner();

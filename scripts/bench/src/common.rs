@@ -42,6 +42,7 @@ pub fn start_daemon(work: &Path, data_dir: Option<PathBuf>) -> Result<Daemon> {
         policy: Some(policy),
         metrics: false,
         extra_args: Vec::new(),
+        ..DaemonOptions::default()
     })?;
     Ok(d)
 }

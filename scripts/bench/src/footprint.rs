@@ -55,6 +55,7 @@ async fn load(
         policy: Some(policy.to_path_buf()),
         metrics: false,
         extra_args: extra,
+        ..DaemonOptions::default()
     })?;
     let pid = d
         .pid()
