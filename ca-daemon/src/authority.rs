@@ -900,6 +900,8 @@ impl Authority {
                     device_identity: &identity,
                     pfx: &pfx,
                     pfx_file_name: &file_name,
+                    issuer_der: &issuer2.cert_der,
+                    include_root: keystore.include_root,
                     root_der: &root,
                     root_name: "ケアネット 端末ルートCA",
                     display_name: &enrollee.person.display_name(),
