@@ -1121,11 +1121,11 @@ pub(super) mod tests {
             vec![f.issuer.as_slice()]
         );
         assert_eq!(
-            bundle_chain(p, &[f.issuer.clone()]).expect("chain"),
+            bundle_chain(p, std::slice::from_ref(&f.issuer)).expect("chain"),
             vec![f.issuer.as_slice()]
         );
         assert!(
-            bundle_chain(p, &[f.root.clone()])
+            bundle_chain(p, std::slice::from_ref(&f.root))
                 .expect("chain")
                 .is_empty()
         );
