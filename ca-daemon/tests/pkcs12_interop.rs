@@ -264,8 +264,8 @@ fn build_cases(dir: &Path, chain: &Chain) -> Vec<Case> {
                     let doc = build_mobileconfig(&MobileconfigInput {
                         pfx: &pfx,
                         pfx_file_name: file_name,
+                        profile: &profile,
                         issuer_der: &chain.issuer,
-                        include_root: profile.include_root,
                         root_der: &chain.root,
                         root_name: "電子@連絡帳 ルート CA",
                         display_name: name,

@@ -4,14 +4,15 @@
 //! - `com.apple.security.pkcs12`: the PFX as `<data>`, with **no** `Password` key, so the device
 //!   asks for the ticket password while installing (the profile file itself then carries no
 //!   secret beyond the password-encrypted PFX);
-//! - `com.apple.security.pkcs1`: the issuing CA certificate (DER). Not a trust anchor (it is not
-//!   self-signed): it puts the intermediate in the keychain so that the system can build and
-//!   send leaf + issuing CA when a server asks for a client certificate, as Apple's certificate
-//!   payload guidance asks ("also install the intermediate certificates");
-//! - `com.apple.security.root`: the root CA certificate, **only** with
-//!   [`MobileconfigInput::include_root`] (policy `include_root`, default off; issue #12 item 7):
-//!   a root payload makes the device trust *servers* under the root, and no client
-//!   authentication needs it (see `docs/threat-model.md`).
+//! - `com.apple.security.pkcs1`: the issuing CA certificate (DER), when the keystore profile's
+//!   `include_chain` (as the PFX's issuer bag). Not a trust anchor (it is not self-signed): it
+//!   puts the intermediate in the keychain so that the system can build and send leaf + issuing
+//!   CA when a server asks for a client certificate, as Apple's certificate payload guidance
+//!   asks ("also install the intermediate certificates");
+//! - `com.apple.security.root`: the root CA certificate, **only** with the profile's
+//!   `include_root` (default off; issue #12 item 7): a root payload makes the device trust
+//!   *servers* under the root, and no client authentication needs it (see
+//!   `docs/threat-model.md` §4.8).
 //!
 //! Every `PayloadUUID` is a UUID v5 of the certificate serial (and the payload's role), so two
 //! certificates never share one. Every `PayloadIdentifier` is
@@ -25,7 +26,7 @@
 use base64::Engine as _;
 use uuid::Uuid;
 
-use super::Pkcs12Error;
+use super::{KeystoreProfile, Pkcs12Error};
 
 /// Reverse-DNS prefix of every `PayloadIdentifier` this daemon writes.
 pub const PAYLOAD_IDENTIFIER_PREFIX: &str = "jp.care-network.pki.device-certificate";
@@ -51,12 +52,13 @@ pub struct MobileconfigInput<'a> {
     pub pfx: &'a [u8],
     /// File name of the PFX shown by the device (`PayloadCertificateFileName`), e.g. `yamada.p12`.
     pub pfx_file_name: &'a str,
-    /// DER of the issuing CA certificate (the leaf's issuer), written as a
-    /// `com.apple.security.pkcs1` payload; its display name is its CN.
+    /// The keystore profile the PFX was built with: its `include_chain` adds the issuing CA as a
+    /// `com.apple.security.pkcs1` payload, its `include_root` the root as a
+    /// `com.apple.security.root` payload, the same certificates as the PFX's bags.
+    pub profile: &'a KeystoreProfile,
+    /// DER of the issuing CA certificate (the leaf's issuer; used only with `include_chain`);
+    /// the payload's display name is its CN.
     pub issuer_der: &'a [u8],
-    /// Also write the root as a `com.apple.security.root` payload (the keystore profile's
-    /// `include_root`; off by default).
-    pub include_root: bool,
     /// DER of the root CA certificate (used only with `include_root`).
     pub root_der: &'a [u8],
     /// Display name of the root CA certificate (its CN, for instance; used only with
@@ -79,8 +81,9 @@ pub struct MobileconfigInput<'a> {
 ///
 /// `PayloadType` `Configuration`, titled `電子@連絡帳 端末証明書 (<display_name>)`, holding a
 /// `com.apple.security.pkcs12` payload (the PFX, **no** `Password` key: the device asks for the
-/// ticket password on install), a `com.apple.security.pkcs1` payload (the issuing CA) and, only
-/// with `include_root`, a `com.apple.security.root` payload (the root CA). Payload UUIDs are
+/// ticket password on install), a `com.apple.security.pkcs1` payload (the issuing CA; with the
+/// profile's `include_chain`) and, only with the profile's `include_root`, a
+/// `com.apple.security.root` payload (the root CA). Payload UUIDs are
 /// UUID v5 of the serial and identifiers are
 /// `<PAYLOAD_IDENTIFIER_PREFIX>.<facility>.<person>.<device>[.pkcs12|.issuer|.root]`. The
 /// profile is unsigned.
@@ -94,13 +97,20 @@ pub fn build_mobileconfig(input: &MobileconfigInput<'_>) -> Result<Vec<u8>, Pkcs
     if input.pfx.is_empty() {
         return Err(invalid("pfx", "it is empty"));
     }
-    if input.issuer_der.is_empty() {
-        return Err(invalid("issuer_der", "it is empty"));
-    }
-    let issuer_name = common_name(input.issuer_der)
-        .ok_or_else(|| invalid("issuer_der", "it is not a certificate with a subject CN"))?;
-    check_text("issuer_der", &issuer_name)?;
-    if input.include_root {
+    let with_issuer = input.profile.include_chain;
+    let with_root = input.profile.include_chain && input.profile.include_root;
+    let issuer_name = if with_issuer {
+        if input.issuer_der.is_empty() {
+            return Err(invalid("issuer_der", "it is empty"));
+        }
+        let name = common_name(input.issuer_der)
+            .ok_or_else(|| invalid("issuer_der", "it is not a certificate with a subject CN"))?;
+        check_text("issuer_der", &name)?;
+        name
+    } else {
+        String::new()
+    };
+    if with_root {
         if input.root_der.is_empty() {
             return Err(invalid("root_der", "it is empty"));
         }
@@ -120,10 +130,10 @@ pub fn build_mobileconfig(input: &MobileconfigInput<'_>) -> Result<Vec<u8>, Pkcs
     };
     let identifier = payload_identifier(input.device_identity)?;
     let title = format!("{PRODUCT_NAME} 端末証明書 ({})", input.display_name);
-    let installs = if input.include_root {
-        "端末証明書と、それを発行した CA およびルート CA の証明書"
-    } else {
-        "端末証明書と、それを発行した CA の証明書"
+    let installs = match (with_issuer, with_root) {
+        (true, true) => "端末証明書と、それを発行した CA およびルート CA の証明書",
+        (true, false) => "端末証明書と、それを発行した CA の証明書",
+        (false, _) => "端末証明書",
     };
     let description = format!(
         "{} の{installs}をインストールします。\
@@ -131,14 +141,9 @@ pub fn build_mobileconfig(input: &MobileconfigInput<'_>) -> Result<Vec<u8>, Pkcs
         input.organization
     );
 
-    let root_len = if input.include_root {
-        input.root_der.len()
-    } else {
-        0
-    };
-    let mut x = String::with_capacity(
-        4096 + (input.pfx.len() + input.issuer_der.len() + root_len) * 14 / 10,
-    );
+    let ca_len = usize::from(with_issuer) * input.issuer_der.len()
+        + usize::from(with_root) * input.root_der.len();
+    let mut x = String::with_capacity(4096 + (input.pfx.len() + ca_len) * 14 / 10);
     x.push_str(concat!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n",
         "<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" ",
@@ -178,29 +183,31 @@ pub fn build_mobileconfig(input: &MobileconfigInput<'_>) -> Result<Vec<u8>, Pkcs
 
     // The issuing CA: a certificate payload (pkcs1), not a trust anchor (it is not self-signed);
     // it lets the device build and send leaf + issuing CA.
-    x.push_str("\t\t<dict>\n");
-    string(&mut x, 3, "PayloadCertificateFileName", "issuing-ca.cer");
-    data(&mut x, 3, "PayloadContent", input.issuer_der);
-    string(
-        &mut x,
-        3,
-        "PayloadDescription",
-        "端末証明書を発行した CA の証明書",
-    );
-    string(&mut x, 3, "PayloadDisplayName", &issuer_name);
-    string(
-        &mut x,
-        3,
-        "PayloadIdentifier",
-        &format!("{identifier}.issuer"),
-    );
-    string(&mut x, 3, "PayloadType", "com.apple.security.pkcs1");
-    string(&mut x, 3, "PayloadUUID", &uuid("issuer"));
-    integer(&mut x, 3, "PayloadVersion", 1);
-    x.push_str("\t\t</dict>\n");
+    if with_issuer {
+        x.push_str("\t\t<dict>\n");
+        string(&mut x, 3, "PayloadCertificateFileName", "issuing-ca.cer");
+        data(&mut x, 3, "PayloadContent", input.issuer_der);
+        string(
+            &mut x,
+            3,
+            "PayloadDescription",
+            "端末証明書を発行した CA の証明書",
+        );
+        string(&mut x, 3, "PayloadDisplayName", &issuer_name);
+        string(
+            &mut x,
+            3,
+            "PayloadIdentifier",
+            &format!("{identifier}.issuer"),
+        );
+        string(&mut x, 3, "PayloadType", "com.apple.security.pkcs1");
+        string(&mut x, 3, "PayloadUUID", &uuid("issuer"));
+        integer(&mut x, 3, "PayloadVersion", 1);
+        x.push_str("\t\t</dict>\n");
+    }
 
     // The root CA payload: only when the keystore profile asks for it (issue #12 item 7).
-    if input.include_root {
+    if with_root {
         x.push_str("\t\t<dict>\n");
         string(&mut x, 3, "PayloadCertificateFileName", "root-ca.cer");
         data(&mut x, 3, "PayloadContent", input.root_der);
@@ -230,7 +237,7 @@ pub fn build_mobileconfig(input: &MobileconfigInput<'_>) -> Result<Vec<u8>, Pkcs
     integer(&mut x, 1, "PayloadVersion", 1);
     x.push_str("</dict>\n</plist>\n");
 
-    tracing::debug!(serial = %serial, bytes = x.len(), include_root = input.include_root,
+    tracing::debug!(serial = %serial, bytes = x.len(), include_root = with_root,
         "mobileconfig built");
     Ok(x.into_bytes())
 }
@@ -386,13 +393,36 @@ mod tests {
 
     use super::*;
 
+    /// The `ios` profile of the pfx tests (include_chain, no include_root), and variants.
+    fn profile(include_chain: bool, include_root: bool) -> &'static KeystoreProfile {
+        use std::sync::OnceLock;
+        static PROFILES: OnceLock<Vec<KeystoreProfile>> = OnceLock::new();
+        let all = PROFILES.get_or_init(|| {
+            let ios = crate::pkcs12::pfx::tests::default_profiles()
+                .into_iter()
+                .find(|p| p.name == "ios")
+                .expect("the ios profile");
+            [(true, false), (true, true), (false, false)]
+                .into_iter()
+                .map(|(include_chain, include_root)| KeystoreProfile {
+                    include_chain,
+                    include_root,
+                    ..ios.clone()
+                })
+                .collect()
+        });
+        all.iter()
+            .find(|p| p.include_chain == include_chain && p.include_root == include_root)
+            .expect("a sample profile")
+    }
+
     fn sample<'a>(serial: &'a str, display_name: &'a str) -> MobileconfigInput<'a> {
         let f = crate::pkcs12::pfx::tests::fixture();
         MobileconfigInput {
             pfx: b"\x30\x03\x02\x01\x03 not really a pfx",
             pfx_file_name: "yamada-hanako.p12",
+            profile: profile(true, false),
             issuer_der: &f.issuer,
-            include_root: false,
             root_der: &f.root,
             root_name: "電子@連絡帳 ルート CA",
             display_name,
@@ -493,7 +523,7 @@ mod tests {
     #[test]
     fn include_root_adds_the_root_payload() {
         let input = MobileconfigInput {
-            include_root: true,
+            profile: profile(true, true),
             ..sample("0A1B2C", "山田 花子")
         };
         let doc = text(&build_mobileconfig(&input).expect("build"));
@@ -522,6 +552,19 @@ mod tests {
             strings_of(&doc, "PayloadIdentifier")[2],
             format!("{PAYLOAD_IDENTIFIER_PREFIX}.F001.P001.D001.root")
         );
+
+        // include_chain = false: the identity alone, as in the PFX.
+        let input = MobileconfigInput {
+            profile: profile(false, false),
+            issuer_der: b"",
+            ..sample("0A1B2C", "山田 花子")
+        };
+        let doc = text(&build_mobileconfig(&input).expect("build"));
+        assert_eq!(
+            strings_of(&doc, "PayloadType"),
+            ["com.apple.security.pkcs12", "Configuration"]
+        );
+        assert_eq!(datas(&doc), [input.pfx.to_vec()]);
     }
 
     #[test]
@@ -642,7 +685,7 @@ mod tests {
         assert_eq!(
             bad(MobileconfigInput {
                 root_name: "\u{FFFF}",
-                include_root: true,
+                profile: profile(true, true),
                 ..ok
             }),
             "root_name"
@@ -651,7 +694,7 @@ mod tests {
         assert_eq!(
             bad(MobileconfigInput {
                 root_der: b"",
-                include_root: true,
+                profile: profile(true, true),
                 ..ok
             }),
             "root_der"

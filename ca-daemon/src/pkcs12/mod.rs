@@ -67,8 +67,8 @@
 //! # The `.mobileconfig`
 //!
 //! Written by hand as an XML property list (no `plist` crate: the document is a fixed shape of
-//! a few strings, one integer, two or three `<data>` blobs and a boolean, so escaping five characters and
-//! rejecting the characters XML 1.0 forbids is all it needs). It is **unsigned**: iOS and macOS
+//! a few strings, one integer, one to three `<data>` blobs and a boolean, so escaping five
+//! characters and rejecting the characters XML 1.0 forbids is all it needs). It is **unsigned**: iOS and macOS
 //! show it as "not verified" but install it; signing would need an Apple-trusted or MDM key,
 //! which this daemon does not hold. See [`build_mobileconfig`] for the payloads.
 
