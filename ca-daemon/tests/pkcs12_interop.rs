@@ -136,7 +136,8 @@ fn chain() -> Chain {
     }
 }
 
-/// The five default profiles of DESIGN §8, written out here.
+/// The five default profiles of DESIGN §8, written out here (the root left out, issue #12
+/// item 7), and `ios` with `include_root = true` (the legacy layout, root payload and bag back).
 fn profiles() -> Vec<KeystoreProfile> {
     let des = |name: &str, os, ext: &str| KeystoreProfile {
         name: name.into(),
@@ -147,6 +148,7 @@ fn profiles() -> Vec<KeystoreProfile> {
         mac_salt_len: 8,
         iterations: 2048,
         include_chain: true,
+        include_root: false,
         mobileconfig: matches!(os, TargetOs::Macos | TargetOs::Ios),
         file_extension: ext.into(),
     };
@@ -160,6 +162,7 @@ fn profiles() -> Vec<KeystoreProfile> {
             mac_salt_len: 16,
             iterations: 10_000,
             include_chain: true,
+            include_root: false,
             mobileconfig: false,
             file_extension: "pfx".into(),
         },
@@ -167,7 +170,20 @@ fn profiles() -> Vec<KeystoreProfile> {
         des("macos", TargetOs::Macos, "p12"),
         des("ios", TargetOs::Ios, "p12"),
         des("android", TargetOs::Android, "p12"),
+        KeystoreProfile {
+            include_root: true,
+            ..des("ios-with-root", TargetOs::Ios, "p12")
+        },
     ]
+}
+
+/// The CA certificates a bundle of `profile` holds after the leaf, in order.
+fn expected_chain(profile: &KeystoreProfile, chain: &Chain) -> Vec<Vec<u8>> {
+    if profile.include_root {
+        vec![chain.issuer.clone(), chain.root.clone()]
+    } else {
+        vec![chain.issuer.clone()]
+    }
 }
 
 fn write_file(path: &Path, bytes: &[u8]) {
@@ -248,6 +264,8 @@ fn build_cases(dir: &Path, chain: &Chain) -> Vec<Case> {
                     let doc = build_mobileconfig(&MobileconfigInput {
                         pfx: &pfx,
                         pfx_file_name: file_name,
+                        profile: &profile,
+                        issuer_der: &chain.issuer,
                         root_der: &chain.root,
                         root_name: "電子@連絡帳 ルート CA",
                         display_name: name,
@@ -313,7 +331,7 @@ fn bundles_are_read_by_openssl_keytool_and_python() {
     let dir = tempfile::tempdir().expect("tempdir");
     let chain = chain();
     let cases = build_cases(dir.path(), &chain);
-    assert_eq!(cases.len(), 5 * 4 + 5);
+    assert_eq!(cases.len(), 6 * 4 + 6);
 
     if have_openssl {
         let wrong = dir.path().join("wrong.pw");
@@ -397,7 +415,7 @@ fn check_openssl(openssl: &Path, case: &Case, chain: &Chain, wrong_password: &Pa
     );
     assert_eq!(
         text.matches("-----BEGIN CERTIFICATE-----").count(),
-        3,
+        1 + expected_chain(&case.profile, chain).len(),
         "{label}"
     );
     assert_eq!(
@@ -428,11 +446,9 @@ fn check_openssl(openssl: &Path, case: &Case, chain: &Chain, wrong_password: &Pa
                 .expect("base64")
         })
         .collect();
-    assert_eq!(
-        ders,
-        [case.leaf.clone(), chain.issuer.clone(), chain.root.clone()],
-        "{label}"
-    );
+    let mut want = vec![case.leaf.clone()];
+    want.extend(expected_chain(&case.profile, chain));
+    assert_eq!(ders, want, "{label}");
 
     // A wrong password fails.
     let out = run(Command::new(openssl)
@@ -449,6 +465,8 @@ fn check_openssl(openssl: &Path, case: &Case, chain: &Chain, wrong_password: &Pa
 }
 
 fn check_keytool(keytool: &Path, case: &Case) {
+    // keytool lists the entry's chain as stored: leaf + issuing CA, + root with include_root.
+    let length = if case.profile.include_root { 3 } else { 2 };
     let label = &case.label;
     let out = run(Command::new(keytool)
         .args([
@@ -472,7 +490,7 @@ fn check_keytool(keytool: &Path, case: &Case) {
         "{label}:\n{text}"
     );
     assert!(
-        text.contains("Certificate chain length: 3"),
+        text.contains(&format!("Certificate chain length: {length}")),
         "{label}:\n{text}"
     );
     assert!(
@@ -499,6 +517,9 @@ def summary(data, pw):
         "friendly_hex": (b.cert.friendly_name or b"").hex(),
         "leaf_hex": c.public_bytes(DER).hex(),
         "additional_hex": [x.certificate.public_bytes(DER).hex() for x in b.additional_certs],
+        "additional_self_signed": sum(
+            1 for x in b.additional_certs if x.certificate.subject == x.certificate.issuer
+        ),
         "key_matches": spki(b.key.public_key()) == spki(c.public_key()),
     }
 
@@ -526,7 +547,8 @@ for job in json.load(open(sys.argv[1])):
             "payload_types": [p["PayloadType"] for p in payloads],
             "has_password": any("Password" in p for p in payloads),
             "pkcs12": summary(by_type["com.apple.security.pkcs12"]["PayloadContent"], pw),
-            "root_hex": by_type["com.apple.security.root"]["PayloadContent"].hex(),
+            "issuer_hex": by_type["com.apple.security.pkcs1"]["PayloadContent"].hex(),
+            "root_hex": by_type.get("com.apple.security.root", {}).get("PayloadContent", b"").hex(),
         }
     out[job["label"]] = r
 print(json.dumps(out))
@@ -557,8 +579,11 @@ fn check_python(python: &Path, dir: &Path, cases: &[Case], chain: &Chain) {
         serde_json::from_slice(&out.stdout).expect("python prints JSON");
     assert_eq!(results.len(), cases.len());
 
-    let chain_hex = [hex::encode(&chain.issuer), hex::encode(&chain.root)];
     let check_summary = |label: &str, s: &serde_json::Value, case: &Case| {
+        let chain_hex: Vec<String> = expected_chain(&case.profile, chain)
+            .iter()
+            .map(hex::encode)
+            .collect();
         assert_eq!(s["o_hex"], hex::encode(ORGANIZATION), "{label}: subject O");
         assert_eq!(s["cn_hex"], hex::encode(PERSON), "{label}: subject CN");
         assert_eq!(
@@ -571,6 +596,11 @@ fn check_python(python: &Path, dir: &Path, cases: &[Case], chain: &Chain) {
             s["additional_hex"],
             serde_json::json!(chain_hex),
             "{label}: chain"
+        );
+        assert_eq!(
+            s["additional_self_signed"],
+            u8::from(case.profile.include_root),
+            "{label}: self-signed certificates in the bundle"
         );
         assert_eq!(s["key_matches"], true, "{label}: key matches the leaf");
     };
@@ -590,13 +620,25 @@ fn check_python(python: &Path, dir: &Path, cases: &[Case], chain: &Chain) {
                 "{label}"
             );
             assert_eq!(m["organization"], ORGANIZATION, "{label}");
-            assert_eq!(
-                m["payload_types"],
-                serde_json::json!(["com.apple.security.pkcs12", "com.apple.security.root"]),
-                "{label}"
-            );
+            let (types, root_hex) = if case.profile.include_root {
+                (
+                    serde_json::json!([
+                        "com.apple.security.pkcs12",
+                        "com.apple.security.pkcs1",
+                        "com.apple.security.root"
+                    ]),
+                    hex::encode(&chain.root),
+                )
+            } else {
+                (
+                    serde_json::json!(["com.apple.security.pkcs12", "com.apple.security.pkcs1"]),
+                    String::new(),
+                )
+            };
+            assert_eq!(m["payload_types"], types, "{label}");
             assert_eq!(m["has_password"], false, "{label}: no Password key");
-            assert_eq!(m["root_hex"], hex::encode(&chain.root), "{label}");
+            assert_eq!(m["issuer_hex"], hex::encode(&chain.issuer), "{label}");
+            assert_eq!(m["root_hex"], root_hex, "{label}");
             check_summary(label, &m["pkcs12"], case);
             // Derived from the device identity (a renewal replaces the installed profile),
             // not from the serial.
@@ -607,7 +649,7 @@ fn check_python(python: &Path, dir: &Path, cases: &[Case], chain: &Chain) {
             );
         }
     }
-    assert_eq!(mobileconfigs, 2 * 4 + 2);
+    assert_eq!(mobileconfigs, 3 * 4 + 3);
 
     // UUIDs are stable per certificate: the macos and ios profiles of one leaf share them,
     // and the two leaves differ.

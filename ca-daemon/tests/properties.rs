@@ -249,9 +249,10 @@ fn check_with_p12(label: &str, pfx: &[u8], name: &str, pw: &str) -> Result<(), T
     let certs = parsed
         .cert_x509_bags(pw)
         .map_err(|e| TestCaseError::fail(format!("{label}: p12 cert bags: {e:?}")))?;
+    // Issue #12 item 7: the default profiles leave the root out.
     prop_assert_eq!(
         certs,
-        vec![f.leaf.clone(), f.issuer.clone(), f.root.clone()],
+        vec![f.leaf.clone(), f.issuer.clone()],
         "{}: p12 certificates",
         label
     );
@@ -286,8 +287,8 @@ fn check_pkcs12_batch(specs: &[Spec]) -> Result<(), TestCaseError> {
 
     let profiles = profiles();
     let mut manifest = Vec::with_capacity(specs.len());
-    // label -> (friendly name as written, whether the chain is included)
-    let mut expected: BTreeMap<String, (String, bool)> = BTreeMap::new();
+    // label -> (friendly name as written, fingerprints of the CA certificates in the bundle)
+    let mut expected: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
     for (i, ((kind, name), pw)) in specs.iter().enumerate() {
         let profile = &profiles[i % profiles.len()];
         let label = format!("{}-{i:03}-{kind}", profile.name);
@@ -310,7 +311,13 @@ fn check_pkcs12_batch(specs: &[Spec]) -> Result<(), TestCaseError> {
         let file = dir.path().join(format!("{label}.p12"));
         std::fs::write(&file, &pfx[..]).expect("write bundle");
         manifest.push(serde_json::json!({ "label": label, "file": file, "password": pw }));
-        expected.insert(label, (bundle_friendly_name(name), profile.include_chain));
+        // Issue #12 item 7: the issuing CA with the chain, the root only with include_root.
+        let want_chain = match (profile.include_chain, profile.include_root) {
+            (false, _) => Vec::new(),
+            (true, false) => vec![sha256_hex(&f.issuer)],
+            (true, true) => vec![sha256_hex(&f.issuer), sha256_hex(&f.root)],
+        };
+        expected.insert(label, (bundle_friendly_name(name), want_chain));
     }
 
     let Some(python) = python_with_cryptography() else {
@@ -334,10 +341,9 @@ fn check_pkcs12_batch(specs: &[Spec]) -> Result<(), TestCaseError> {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("python JSON");
     let reference_key = report["reference_key"].as_str().expect("reference key");
     let leaf_fp = sha256_hex(&f.leaf);
-    let chain_fps = vec![sha256_hex(&f.issuer), sha256_hex(&f.root)];
     let bundles = report["bundles"].as_object().expect("bundles");
     prop_assert_eq!(bundles.len(), expected.len());
-    for (label, (friendly, include_chain)) in &expected {
+    for (label, (friendly, want_chain)) in &expected {
         let r = &bundles[label];
         prop_assert!(
             r.get("error").is_none(),
@@ -353,11 +359,6 @@ fn check_pkcs12_batch(specs: &[Spec]) -> Result<(), TestCaseError> {
             label
         );
         prop_assert_eq!(&r["cert"], &leaf_fp, "{}: leaf certificate", label);
-        let want_chain = if *include_chain {
-            chain_fps.clone()
-        } else {
-            Vec::new()
-        };
         prop_assert_eq!(
             &r["chain"],
             &serde_json::json!(want_chain),

@@ -53,7 +53,8 @@
 //! # Client chains
 //!
 //! Webpki builds the path from the certificates the client sends. The PKCS#12 bundles of the
-//! daemon contain leaf, issuer and root, and clients send leaf + issuer. For clients that send only
+//! daemon contain leaf and issuer (the root only with a profile's `include_root`), and clients
+//! send leaf + issuer. For clients that send only
 //! their leaf, the verifier here also offers the issuer certificates it got from `GetCaChain` as
 //! path candidates (`WithKnownIssuers`); every signature is still checked by webpki.
 //!

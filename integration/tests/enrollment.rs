@@ -321,10 +321,11 @@ fn check_bundle(
             );
         }
         assert!(!text.contains("RC2"), "{label}: RC2 in the bundle:\n{text}");
+        // Issue #12 item 7: leaf + issuing CA, no root (include_root is off by default).
         assert_eq!(
             text.matches("-----BEGIN CERTIFICATE-----").count(),
-            3,
-            "{label}: leaf + issuer + root expected:\n{text}"
+            2,
+            "{label}: leaf + issuer expected (no root):\n{text}"
         );
         assert_eq!(
             text.matches("-----BEGIN PRIVATE KEY-----").count(),
@@ -386,8 +387,8 @@ fn check_bundle(
             "{label}: keytool: one PrivateKeyEntry expected:\n{text}"
         );
         assert!(
-            text.contains("Certificate chain length: 3"),
-            "{label}: keytool: chain length 3 expected:\n{text}"
+            text.contains("Certificate chain length: 2"),
+            "{label}: keytool: chain length 2 (leaf, issuing CA; no root) expected:\n{text}"
         );
     }
 
@@ -445,14 +446,28 @@ fn check_bundle(
             friendly.contains("山田") && friendly.contains("花子"),
             "{label}: the leaf's friendlyName {friendly:?} should name the person in Japanese"
         );
-        let additional: BTreeSet<String> = facts["additional"]
+        let additional: Vec<String> = facts["additional"]
             .as_array()
             .map(|a| a.iter().map(|c| s(&c["der"])).collect())
             .unwrap_or_default();
-        let chain: BTreeSet<String> = resp.chain_der.iter().map(hex::encode).collect();
+        // Issue #12 item 7: the issuing CA (chain_der's first) and no self-signed certificate;
+        // chain_der itself still ends with the root (the API is unchanged).
+        let issuer: Vec<String> = resp.chain_der.iter().take(1).map(hex::encode).collect();
         assert_eq!(
-            additional, chain,
-            "{label}: the bundle's chain differs from chain_der"
+            additional, issuer,
+            "{label}: the bundle's CA certificates should be the issuing CA alone"
+        );
+        assert!(
+            !additional.contains(&hex::encode(root_der)),
+            "{label}: the device root is in the bundle"
+        );
+        let self_signed = facts["additional"]
+            .as_array()
+            .map(|a| a.iter().filter(|c| c["self_signed"] == true).count())
+            .unwrap_or(usize::MAX);
+        assert_eq!(
+            self_signed, 0,
+            "{label}: a self-signed certificate in the bundle"
         );
 
         if case.apple {
@@ -466,12 +481,11 @@ fn check_bundle(
                 .as_array()
                 .map(|a| a.iter().map(|p| s(&p["type"])).collect())
                 .unwrap_or_default();
-            for t in ["com.apple.security.pkcs12", "com.apple.security.root"] {
-                assert!(
-                    types.iter().any(|x| x == t),
-                    "{label}: mobileconfig lacks a {t} payload: {mc}"
-                );
-            }
+            assert_eq!(
+                types,
+                ["com.apple.security.pkcs12", "com.apple.security.pkcs1"],
+                "{label}: the mobileconfig holds the identity and the issuing CA, no root: {mc}"
+            );
             assert_eq!(mc["pkcs12_opened"], true, "{label}: {mc}");
             assert_eq!(
                 s(&mc["pkcs12_leaf_der"]),
@@ -479,9 +493,18 @@ fn check_bundle(
                 "{label}: the mobileconfig's PKCS#12 holds another leaf"
             );
             assert_eq!(
-                s(&mc["root_der"]),
-                hex::encode(root_der),
-                "{label}: the mobileconfig's root payload is not the device root"
+                mc["pkcs12_additional"],
+                serde_json::json!(issuer),
+                "{label}: the mobileconfig's PKCS#12 should carry the issuing CA alone"
+            );
+            assert_eq!(
+                s(&mc["issuer_der"]),
+                hex::encode(&resp.chain_der[0]),
+                "{label}: the mobileconfig's pkcs1 payload is not the issuing CA"
+            );
+            assert!(
+                mc["root_der"].is_null(),
+                "{label}: the mobileconfig installs the root: {mc}"
             );
             // The profile carries no secret beyond the encrypted PFX (the device asks for it).
             let password = std::fs::read_to_string(&w.password_file).unwrap_or_default();

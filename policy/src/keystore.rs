@@ -67,9 +67,17 @@ pub struct KeystoreProfile {
     pub mac_salt_len: usize,
     /// Iteration count for the KDFs (bag encryption and MAC).
     pub iterations: u32,
-    /// Whether the issuer and root certificates are included as certificate bags.
+    /// Whether the issuing CA certificate is included as a certificate bag (the device needs it
+    /// to send its chain: the gateway trusts only the root).
     pub include_chain: bool,
-    /// Also produce an Apple `.mobileconfig` (PKCS#12 payload + root CA payload).
+    /// Whether the self-signed device root is included as well (in the PFX and, for Apple, as a
+    /// `com.apple.security.root` payload). Default `false` (issue #12 item 7): no device needs the
+    /// root to authenticate as a client, and installing it makes the device trust *servers*
+    /// under it (see `docs/threat-model.md`, "Which certificates a bundle installs"). Only
+    /// with `include_chain`.
+    pub include_root: bool,
+    /// Also produce an Apple `.mobileconfig` (PKCS#12 payload + issuing CA payload, + root CA
+    /// payload with `include_root`).
     pub mobileconfig: bool,
     /// File extension of the bundle file (`p12` or `pfx`).
     pub file_extension: String,
@@ -155,7 +163,7 @@ impl KeystoreProfile {
 
     /// Checks the profile against the rules of DESIGN §8: iterations within
     /// [`ITERATIONS_RANGE`], MAC salt within [`MAC_SALT_LEN_RANGE`], extension `p12` or `pfx`,
-    /// `.mobileconfig` only for macOS and iOS, and for Android only encryptions its importer
+    /// `include_root` only with `include_chain`, `.mobileconfig` only for macOS and iOS, and for Android only encryptions its importer
     /// reads. Errors name `keystore.<name>.<key>`.
     pub fn validate(&self) -> Result<(), PolicyError> {
         let path = format!("keystore.{}", self.name);
@@ -183,6 +191,12 @@ impl KeystoreProfile {
                     "`{}` must be `p12` or `pfx`",
                     self.file_extension.escape_debug()
                 ),
+            ));
+        }
+        if self.include_root && !self.include_chain {
+            return Err(PolicyError::invalid(
+                format!("{path}.include_root"),
+                "include_root = true needs include_chain = true (the root is part of the chain)",
             ));
         }
         if self.mobileconfig && !matches!(self.os, TargetOs::Macos | TargetOs::Ios) {
@@ -261,6 +275,9 @@ impl KeystoreProfile {
                 i64::from(*ITERATIONS_RANGE.end()),
             )?,
             include_chain: require(raw.include_chain, &format!("{path}.include_chain"))?,
+            // Optional, so that custom profiles written before it existed keep loading; absent
+            // means the safe default (no root on the device).
+            include_root: raw.include_root.unwrap_or(false),
             mobileconfig: require(raw.mobileconfig, &format!("{path}.mobileconfig"))?,
             file_extension: require(raw.file_extension, &format!("{path}.file_extension"))?,
         };

@@ -181,6 +181,7 @@ pub(crate) struct RawKeystore {
     pub mac_salt_len: Option<i64>,
     pub iterations: Option<i64>,
     pub include_chain: Option<bool>,
+    pub include_root: Option<bool>,
     pub mobileconfig: Option<bool>,
     pub file_extension: Option<String>,
 }
@@ -192,6 +193,7 @@ merge_plain!(RawKeystore {
     mac_salt_len,
     iterations,
     include_chain,
+    include_root,
     mobileconfig,
     file_extension,
 });

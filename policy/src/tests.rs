@@ -263,6 +263,7 @@ fn default_has_the_design_section_8_table() {
             mac_salt_len: salt,
             iterations,
             include_chain: true,
+            include_root: false,
             mobileconfig,
             file_extension: ext.into(),
         };
@@ -400,6 +401,35 @@ fn new_profiles_must_be_complete() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(k.iterations, 600_000);
     assert!(!k.include_chain);
+    // include_root is optional: a custom profile that leaves it out keeps the root off the device.
+    assert!(!k.include_root);
+}
+
+/// Issue #12 item 7: no default profile installs the device root; an operator can turn it back
+/// on per profile, only together with the chain.
+#[test]
+fn include_root_is_off_by_default_and_can_be_turned_on() {
+    let d = Policy::default_policy();
+    for (name, k) in &d.keystore {
+        assert!(
+            k.include_chain,
+            "{name}: the issuing CA stays in the bundle"
+        );
+        assert!(!k.include_root, "{name}: the root is left out by default");
+    }
+    let p = load("[keystore.macos]\ninclude_root = true\n");
+    assert!(p.keystore["macos"].include_root);
+    assert!(!p.keystore["ios"].include_root);
+
+    let err = refuse("[keystore.android]\ninclude_chain = false\ninclude_root = true\n");
+    assert!(matches!(err, PolicyError::InvalidValue { .. }), "{err:?}");
+    assert_field(&err, "keystore.android.include_root");
+    // Only the combination is refused.
+    let p = load("[keystore.android]\ninclude_chain = false\n");
+    assert!(!p.keystore["android"].include_root);
+
+    let err = refuse("[keystore.android]\ninclude_root = \"yes\"\n");
+    assert_field(&err, "keystore.android.include_root");
 }
 
 // ----- errors name the field ---------------------------------------------------------------

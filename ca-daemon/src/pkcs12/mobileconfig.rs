@@ -1,10 +1,18 @@
 //! The Apple configuration profile (`.mobileconfig`) for macOS and iOS devices.
 //!
-//! An XML property list of `PayloadType` `Configuration` holding two payloads:
+//! An XML property list of `PayloadType` `Configuration` holding these payloads:
 //! - `com.apple.security.pkcs12`: the PFX as `<data>`, with **no** `Password` key, so the device
 //!   asks for the ticket password while installing (the profile file itself then carries no
 //!   secret beyond the password-encrypted PFX);
-//! - `com.apple.security.root`: the root CA certificate (DER), so the device trusts the chain.
+//! - `com.apple.security.pkcs1`: the issuing CA certificate (DER), when the keystore profile's
+//!   `include_chain` (as the PFX's issuer bag). Not a trust anchor (it is not self-signed): it
+//!   puts the intermediate in the keychain so that the system can build and send leaf + issuing
+//!   CA when a server asks for a client certificate, as Apple's certificate payload guidance
+//!   asks ("also install the intermediate certificates");
+//! - `com.apple.security.root`: the root CA certificate, **only** with the profile's
+//!   `include_root` (default off; issue #12 item 7): a root payload makes the device trust
+//!   *servers* under the root, and no client authentication needs it (see
+//!   `docs/threat-model.md` §4.8).
 //!
 //! Every `PayloadUUID` is a UUID v5 of the certificate serial (and the payload's role), so two
 //! certificates never share one. Every `PayloadIdentifier` is
@@ -18,7 +26,7 @@
 use base64::Engine as _;
 use uuid::Uuid;
 
-use super::Pkcs12Error;
+use super::{KeystoreProfile, Pkcs12Error};
 
 /// Reverse-DNS prefix of every `PayloadIdentifier` this daemon writes.
 pub const PAYLOAD_IDENTIFIER_PREFIX: &str = "jp.care-network.pki.device-certificate";
@@ -44,9 +52,17 @@ pub struct MobileconfigInput<'a> {
     pub pfx: &'a [u8],
     /// File name of the PFX shown by the device (`PayloadCertificateFileName`), e.g. `yamada.p12`.
     pub pfx_file_name: &'a str,
-    /// DER of the root CA certificate.
+    /// The keystore profile the PFX was built with: its `include_chain` adds the issuing CA as a
+    /// `com.apple.security.pkcs1` payload, its `include_root` the root as a
+    /// `com.apple.security.root` payload, the same certificates as the PFX's bags.
+    pub profile: &'a KeystoreProfile,
+    /// DER of the issuing CA certificate (the leaf's issuer; used only with `include_chain`);
+    /// the payload's display name is its CN.
+    pub issuer_der: &'a [u8],
+    /// DER of the root CA certificate (used only with `include_root`).
     pub root_der: &'a [u8],
-    /// Display name of the root CA certificate (its CN, for instance).
+    /// Display name of the root CA certificate (its CN, for instance; used only with
+    /// `include_root`).
     pub root_name: &'a str,
     /// The name in the profile's title (Japanese allowed; e.g. the person's name): the profile is
     /// shown as `電子@連絡帳 端末証明書 (<display_name>)`.
@@ -65,9 +81,11 @@ pub struct MobileconfigInput<'a> {
 ///
 /// `PayloadType` `Configuration`, titled `電子@連絡帳 端末証明書 (<display_name>)`, holding a
 /// `com.apple.security.pkcs12` payload (the PFX, **no** `Password` key: the device asks for the
-/// ticket password on install) and a `com.apple.security.root` payload (the root CA). Payload
-/// UUIDs are UUID v5 of the serial and identifiers are
-/// `<PAYLOAD_IDENTIFIER_PREFIX>.<serial>[.pkcs12|.root]`, so they are stable per certificate. The
+/// ticket password on install), a `com.apple.security.pkcs1` payload (the issuing CA; with the
+/// profile's `include_chain`) and, only with the profile's `include_root`, a
+/// `com.apple.security.root` payload (the root CA). Payload UUIDs are
+/// UUID v5 of the serial and identifiers are
+/// `<PAYLOAD_IDENTIFIER_PREFIX>.<facility>.<person>.<device>[.pkcs12|.issuer|.root]`. The
 /// profile is unsigned.
 ///
 /// # Errors
@@ -79,11 +97,26 @@ pub fn build_mobileconfig(input: &MobileconfigInput<'_>) -> Result<Vec<u8>, Pkcs
     if input.pfx.is_empty() {
         return Err(invalid("pfx", "it is empty"));
     }
-    if input.root_der.is_empty() {
-        return Err(invalid("root_der", "it is empty"));
+    let with_issuer = input.profile.include_chain;
+    let with_root = input.profile.include_chain && input.profile.include_root;
+    let issuer_name = if with_issuer {
+        if input.issuer_der.is_empty() {
+            return Err(invalid("issuer_der", "it is empty"));
+        }
+        let name = common_name(input.issuer_der)
+            .ok_or_else(|| invalid("issuer_der", "it is not a certificate with a subject CN"))?;
+        check_text("issuer_der", &name)?;
+        name
+    } else {
+        String::new()
+    };
+    if with_root {
+        if input.root_der.is_empty() {
+            return Err(invalid("root_der", "it is empty"));
+        }
+        check_text("root_name", input.root_name)?;
     }
     check_text("pfx_file_name", input.pfx_file_name)?;
-    check_text("root_name", input.root_name)?;
     check_text("display_name", input.display_name)?;
     check_text("organization", input.organization)?;
     let serial = normalize_serial(input.serial_hex)?;
@@ -97,13 +130,20 @@ pub fn build_mobileconfig(input: &MobileconfigInput<'_>) -> Result<Vec<u8>, Pkcs
     };
     let identifier = payload_identifier(input.device_identity)?;
     let title = format!("{PRODUCT_NAME} 端末証明書 ({})", input.display_name);
+    let installs = match (with_issuer, with_root) {
+        (true, true) => "端末証明書と、それを発行した CA およびルート CA の証明書",
+        (true, false) => "端末証明書と、それを発行した CA の証明書",
+        (false, _) => "端末証明書",
+    };
     let description = format!(
-        "{} の端末証明書と、それを発行したルート CA 証明書をインストールします。\
+        "{} の{installs}をインストールします。\
          インストールの途中で、証明書と一緒にお知らせした 8 桁のパスワードを入力してください。",
         input.organization
     );
 
-    let mut x = String::with_capacity(4096 + (input.pfx.len() + input.root_der.len()) * 14 / 10);
+    let ca_len = usize::from(with_issuer) * input.issuer_der.len()
+        + usize::from(with_root) * input.root_der.len();
+    let mut x = String::with_capacity(4096 + (input.pfx.len() + ca_len) * 14 / 10);
     x.push_str(concat!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n",
         "<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" ",
@@ -141,22 +181,49 @@ pub fn build_mobileconfig(input: &MobileconfigInput<'_>) -> Result<Vec<u8>, Pkcs
     integer(&mut x, 3, "PayloadVersion", 1);
     x.push_str("\t\t</dict>\n");
 
-    // The root CA payload.
-    x.push_str("\t\t<dict>\n");
-    string(&mut x, 3, "PayloadCertificateFileName", "root-ca.cer");
-    data(&mut x, 3, "PayloadContent", input.root_der);
-    string(&mut x, 3, "PayloadDescription", "ルート CA 証明書");
-    string(&mut x, 3, "PayloadDisplayName", input.root_name);
-    string(
-        &mut x,
-        3,
-        "PayloadIdentifier",
-        &format!("{identifier}.root"),
-    );
-    string(&mut x, 3, "PayloadType", "com.apple.security.root");
-    string(&mut x, 3, "PayloadUUID", &uuid("root"));
-    integer(&mut x, 3, "PayloadVersion", 1);
-    x.push_str("\t\t</dict>\n");
+    // The issuing CA: a certificate payload (pkcs1), not a trust anchor (it is not self-signed);
+    // it lets the device build and send leaf + issuing CA.
+    if with_issuer {
+        x.push_str("\t\t<dict>\n");
+        string(&mut x, 3, "PayloadCertificateFileName", "issuing-ca.cer");
+        data(&mut x, 3, "PayloadContent", input.issuer_der);
+        string(
+            &mut x,
+            3,
+            "PayloadDescription",
+            "端末証明書を発行した CA の証明書",
+        );
+        string(&mut x, 3, "PayloadDisplayName", &issuer_name);
+        string(
+            &mut x,
+            3,
+            "PayloadIdentifier",
+            &format!("{identifier}.issuer"),
+        );
+        string(&mut x, 3, "PayloadType", "com.apple.security.pkcs1");
+        string(&mut x, 3, "PayloadUUID", &uuid("issuer"));
+        integer(&mut x, 3, "PayloadVersion", 1);
+        x.push_str("\t\t</dict>\n");
+    }
+
+    // The root CA payload: only when the keystore profile asks for it (issue #12 item 7).
+    if with_root {
+        x.push_str("\t\t<dict>\n");
+        string(&mut x, 3, "PayloadCertificateFileName", "root-ca.cer");
+        data(&mut x, 3, "PayloadContent", input.root_der);
+        string(&mut x, 3, "PayloadDescription", "ルート CA 証明書");
+        string(&mut x, 3, "PayloadDisplayName", input.root_name);
+        string(
+            &mut x,
+            3,
+            "PayloadIdentifier",
+            &format!("{identifier}.root"),
+        );
+        string(&mut x, 3, "PayloadType", "com.apple.security.root");
+        string(&mut x, 3, "PayloadUUID", &uuid("root"));
+        integer(&mut x, 3, "PayloadVersion", 1);
+        x.push_str("\t\t</dict>\n");
+    }
 
     x.push_str("\t</array>\n");
     string(&mut x, 1, "PayloadDescription", &description);
@@ -170,8 +237,28 @@ pub fn build_mobileconfig(input: &MobileconfigInput<'_>) -> Result<Vec<u8>, Pkcs
     integer(&mut x, 1, "PayloadVersion", 1);
     x.push_str("</dict>\n</plist>\n");
 
-    tracing::debug!(serial = %serial, bytes = x.len(), "mobileconfig built");
+    tracing::debug!(serial = %serial, bytes = x.len(), include_root = with_root,
+        "mobileconfig built");
     Ok(x.into_bytes())
+}
+
+/// The subject CN of a DER certificate (UTF8String or PrintableString), if it has one.
+fn common_name(der: &[u8]) -> Option<String> {
+    use der::{Decode as _, Tag, Tagged as _};
+    const OID_CN: const_oid::ObjectIdentifier = const_oid::ObjectIdentifier::new_unwrap("2.5.4.3");
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    cert.tbs_certificate
+        .subject
+        .0
+        .iter()
+        .flat_map(|rdn| rdn.0.iter())
+        .find(|atv| atv.oid == OID_CN)
+        .and_then(|atv| match atv.value.tag() {
+            Tag::Utf8String | Tag::PrintableString => std::str::from_utf8(atv.value.value())
+                .ok()
+                .map(str::to_owned),
+            _ => None,
+        })
 }
 
 /// `PREFIX.<facility>.<person>.<device>` from `facility/person/device`. Ids are ASCII
@@ -306,11 +393,37 @@ mod tests {
 
     use super::*;
 
+    /// The `ios` profile of the pfx tests (include_chain, no include_root), and variants.
+    fn profile(include_chain: bool, include_root: bool) -> &'static KeystoreProfile {
+        use std::sync::OnceLock;
+        static PROFILES: OnceLock<Vec<KeystoreProfile>> = OnceLock::new();
+        let all = PROFILES.get_or_init(|| {
+            let ios = crate::pkcs12::pfx::tests::default_profiles()
+                .into_iter()
+                .find(|p| p.name == "ios")
+                .expect("the ios profile");
+            [(true, false), (true, true), (false, false)]
+                .into_iter()
+                .map(|(include_chain, include_root)| KeystoreProfile {
+                    include_chain,
+                    include_root,
+                    ..ios.clone()
+                })
+                .collect()
+        });
+        all.iter()
+            .find(|p| p.include_chain == include_chain && p.include_root == include_root)
+            .expect("a sample profile")
+    }
+
     fn sample<'a>(serial: &'a str, display_name: &'a str) -> MobileconfigInput<'a> {
+        let f = crate::pkcs12::pfx::tests::fixture();
         MobileconfigInput {
             pfx: b"\x30\x03\x02\x01\x03 not really a pfx",
             pfx_file_name: "yamada-hanako.p12",
-            root_der: b"\x30\x00 root",
+            profile: profile(true, false),
+            issuer_der: &f.issuer,
+            root_der: &f.root,
             root_name: "電子@連絡帳 ルート CA",
             display_name,
             organization: "訪問看護ステーションさくら",
@@ -358,8 +471,10 @@ mod tests {
             .collect()
     }
 
+    /// Issue #12 item 7: the identity and its issuing CA (as a plain certificate payload), no
+    /// root payload, no password.
     #[test]
-    fn has_the_two_payloads_and_no_password() {
+    fn has_identity_and_issuing_ca_payloads_no_root_and_no_password() {
         let input = sample("0A1B2C", "山田 花子");
         let doc = text(&build_mobileconfig(&input).expect("build"));
         assert!(doc.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE plist"));
@@ -367,11 +482,17 @@ mod tests {
             strings_of(&doc, "PayloadType"),
             [
                 "com.apple.security.pkcs12",
-                "com.apple.security.root",
+                "com.apple.security.pkcs1",
                 "Configuration"
             ]
         );
-        assert_eq!(datas(&doc), [input.pfx.to_vec(), input.root_der.to_vec()]);
+        assert!(!doc.contains("com.apple.security.root"));
+        assert_eq!(datas(&doc), [input.pfx.to_vec(), input.issuer_der.to_vec()]);
+        assert!(
+            !datas(&doc).contains(&input.root_der.to_vec()),
+            "the root is nowhere in the profile"
+        );
+        assert_eq!(strings_of(&doc, "PayloadDisplayName")[1], "テスト 発行 CA");
         assert!(!doc.contains("<key>Password</key>"));
         assert_eq!(
             strings_of(&doc, "PayloadDisplayName")
@@ -383,7 +504,7 @@ mod tests {
             strings_of(&doc, "PayloadIdentifier"),
             [
                 format!("{PAYLOAD_IDENTIFIER_PREFIX}.F001.P001.D001.pkcs12"),
-                format!("{PAYLOAD_IDENTIFIER_PREFIX}.F001.P001.D001.root"),
+                format!("{PAYLOAD_IDENTIFIER_PREFIX}.F001.P001.D001.issuer"),
                 format!("{PAYLOAD_IDENTIFIER_PREFIX}.F001.P001.D001"),
             ]
         );
@@ -395,6 +516,55 @@ mod tests {
             strings_of(&doc, "PayloadCertificateFileName")[0],
             "yamada-hanako.p12"
         );
+    }
+
+    /// With the profile's `include_root = true` the root payload comes back (the legacy layout),
+    /// beside the issuing CA.
+    #[test]
+    fn include_root_adds_the_root_payload() {
+        let input = MobileconfigInput {
+            profile: profile(true, true),
+            ..sample("0A1B2C", "山田 花子")
+        };
+        let doc = text(&build_mobileconfig(&input).expect("build"));
+        assert_eq!(
+            strings_of(&doc, "PayloadType"),
+            [
+                "com.apple.security.pkcs12",
+                "com.apple.security.pkcs1",
+                "com.apple.security.root",
+                "Configuration"
+            ]
+        );
+        assert_eq!(
+            datas(&doc),
+            [
+                input.pfx.to_vec(),
+                input.issuer_der.to_vec(),
+                input.root_der.to_vec()
+            ]
+        );
+        let uuids = strings_of(&doc, "PayloadUUID");
+        assert_eq!(uuids.len(), 4);
+        let unique: std::collections::BTreeSet<_> = uuids.iter().collect();
+        assert_eq!(unique.len(), 4, "every payload has its own UUID");
+        assert_eq!(
+            strings_of(&doc, "PayloadIdentifier")[2],
+            format!("{PAYLOAD_IDENTIFIER_PREFIX}.F001.P001.D001.root")
+        );
+
+        // include_chain = false: the identity alone, as in the PFX.
+        let input = MobileconfigInput {
+            profile: profile(false, false),
+            issuer_der: b"",
+            ..sample("0A1B2C", "山田 花子")
+        };
+        let doc = text(&build_mobileconfig(&input).expect("build"));
+        assert_eq!(
+            strings_of(&doc, "PayloadType"),
+            ["com.apple.security.pkcs12", "Configuration"]
+        );
+        assert_eq!(datas(&doc), [input.pfx.to_vec()]);
     }
 
     #[test]
@@ -515,6 +685,7 @@ mod tests {
         assert_eq!(
             bad(MobileconfigInput {
                 root_name: "\u{FFFF}",
+                profile: profile(true, true),
                 ..ok
             }),
             "root_name"
@@ -523,10 +694,28 @@ mod tests {
         assert_eq!(
             bad(MobileconfigInput {
                 root_der: b"",
+                profile: profile(true, true),
                 ..ok
             }),
             "root_der"
         );
+        // Without include_root the root fields are not used, so not checked.
+        assert!(
+            build_mobileconfig(&MobileconfigInput {
+                root_der: b"",
+                ..ok
+            })
+            .is_ok()
+        );
+        for issuer in [&b""[..], b"\x30\x00 not a certificate"] {
+            assert_eq!(
+                bad(MobileconfigInput {
+                    issuer_der: issuer,
+                    ..ok
+                }),
+                "issuer_der"
+            );
+        }
         assert!(
             build_mobileconfig(&MobileconfigInput {
                 serial_hex: &"f".repeat(40),

@@ -1,8 +1,17 @@
 //! Per-OS PKCS#12 bundles and the Apple `.mobileconfig` that wraps them (DESIGN §4, §8).
 //!
 //! [`build_pfx`] turns a leaf key, its certificate and the chain into a PFX whose algorithms are
-//! chosen by a [`KeystoreProfile`]; [`build_mobileconfig`] wraps such a PFX and the root CA
+//! chosen by a [`KeystoreProfile`]; [`build_mobileconfig`] wraps such a PFX and the issuing CA
 //! certificate into an (unsigned) Apple configuration profile.
+//!
+//! # Which CA certificates a device receives (issue #12 item 7)
+//!
+//! Leaf + issuing CA; the self-signed root only with the profile's `include_root` (default
+//! off). A client sends leaf + intermediates and the *server* (our gateway) holds the root as
+//! its trust anchor (RFC 8446 §4.4.2: the root "MAY be omitted from the chain"); a root on the
+//! device only serves to trust servers under it, which is what a stolen issuing key would abuse.
+//! [`bundle_chain`] is the one place that decides; the per-OS reasoning and its sources are in
+//! `docs/threat-model.md`, "Which certificates a bundle installs".
 //!
 //! # What a bundle looks like
 //!
@@ -11,7 +20,8 @@
 //!   authSafe = data(AuthenticatedSafe):
 //!     [0] encryptedData  (profile.cert_encryption)  SafeContents:
 //!           certBag leaf    { friendlyName, localKeyId }
-//!           certBag issuer, certBag root            (when profile.include_chain)
+//!           certBag issuer                          (when profile.include_chain)
+//!           certBag root                            (when profile.include_root as well)
 //!     [1] data                                       SafeContents:
 //!           pkcs8ShroudedKeyBag (profile.key_encryption) { friendlyName, localKeyId }
 //!   macData = HMAC-SHA256 or HMAC-SHA1 (profile.mac), key from the RFC 7292 appendix B KDF,
@@ -57,8 +67,8 @@
 //! # The `.mobileconfig`
 //!
 //! Written by hand as an XML property list (no `plist` crate: the document is a fixed shape of
-//! a few strings, one integer, two `<data>` blobs and a boolean, so escaping five characters and
-//! rejecting the characters XML 1.0 forbids is all it needs). It is **unsigned**: iOS and macOS
+//! a few strings, one integer, one to three `<data>` blobs and a boolean, so escaping five
+//! characters and rejecting the characters XML 1.0 forbids is all it needs). It is **unsigned**: iOS and macOS
 //! show it as "not verified" but install it; signing would need an Apple-trusted or MDM key,
 //! which this daemon does not hold. See [`build_mobileconfig`] for the payloads.
 
@@ -66,7 +76,7 @@ mod mobileconfig;
 mod pfx;
 
 pub use mobileconfig::{MobileconfigInput, PAYLOAD_IDENTIFIER_PREFIX, build_mobileconfig};
-pub use pfx::{BundleInput, NON_BMP_SUBSTITUTE, build_pfx, bundle_friendly_name};
+pub use pfx::{BundleInput, NON_BMP_SUBSTITUTE, build_pfx, bundle_chain, bundle_friendly_name};
 
 /// Re-exported so callers need not reach into `pki-policy` for the profile type.
 pub use pki_policy::keystore::KeystoreProfile;

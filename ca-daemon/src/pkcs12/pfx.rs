@@ -92,7 +92,9 @@ pub struct BundleInput<'a> {
     pub key_pkcs8: &'a [u8],
     /// DER of the leaf certificate; its public key must match `key_pkcs8`.
     pub leaf_der: &'a [u8],
-    /// DER of the chain, issuer first, root last. Included only when the profile says so.
+    /// DER of the chain, issuer first, root last. The issuing CA(s) are included when
+    /// `profile.include_chain`; a self-issued certificate (the root) only when
+    /// `profile.include_root` as well (see [`bundle_chain`]).
     pub chain_der: &'a [Vec<u8>],
     /// Friendly name for the key and leaf certificate bags (Japanese allowed).
     pub friendly_name: &'a str,
@@ -132,6 +134,7 @@ pub fn build_pfx(
     let password = Passwords::new(input.password)?;
     let friendly_name = friendly_name_attribute_value(input.friendly_name)?;
     let leaf = check_key_and_chain(input)?;
+    let chain = bundle_chain(profile, input.chain_der)?;
     let rng = SystemRandom::new();
     let iterations = profile.iterations;
 
@@ -140,12 +143,10 @@ pub fn build_pfx(
     let leaf_attributes = bag_attributes(&friendly_name, &local_key_id)?;
 
     // Certificates: leaf (with attributes), then the chain (without).
-    let mut cert_bags = Vec::with_capacity(1 + input.chain_der.len());
+    let mut cert_bags = Vec::with_capacity(1 + chain.len());
     cert_bags.push(cert_bag(input.leaf_der, Some(leaf_attributes.clone()))?);
-    if profile.include_chain {
-        for der in input.chain_der {
-            cert_bags.push(cert_bag(der, None)?);
-        }
+    for der in chain {
+        cert_bags.push(cert_bag(der, None)?);
     }
     let cert_contents = encode(&cert_bags, "certificate SafeContents")?;
     let (cert_alg, cert_ciphertext) = encrypt(
@@ -216,6 +217,7 @@ pub fn build_pfx(
         mac = ?profile.mac,
         iterations,
         certificates = cert_bags.len(),
+        include_root = profile.include_root,
         serial = %hex::encode(leaf.tbs_certificate.serial_number.as_bytes()),
         bytes = out.len(),
         "PKCS#12 bundle built"
@@ -352,6 +354,44 @@ fn cert_bag(der: &[u8], attributes: Option<Attributes>) -> Result<SafeBag, Pkcs1
         bag_value: encode(&bag, "CertBag")?,
         bag_attributes: attributes,
     })
+}
+
+/// The chain certificates that go into a bundle built with `profile`, in issuer order:
+///
+/// - none without `profile.include_chain`;
+/// - with it, every issuing CA, and a self-issued certificate (subject = issuer: the device root)
+///   only if `profile.include_root` too. Issue #12 item 7: a device needs its issuing CA to send
+///   the chain the gateway verifies (RFC 8446 §4.4.2: the root "MAY be omitted", the peer must
+///   already have it), and nothing on the device needs the root to authenticate; installed, the
+///   root makes the device trust servers under it (`docs/threat-model.md`).
+///
+/// The caller passes the whole chain (`GetCaChain` and `chain_der` of the response are not
+/// affected); this is the one place that decides what the device receives.
+///
+/// # Errors
+///
+/// [`Pkcs12Error::MalformedCertificate`] when a chain certificate is not DER X.509 (already
+/// checked by `check_key_and_chain`, so in practice never).
+pub fn bundle_chain<'c>(
+    profile: &KeystoreProfile,
+    chain_der: &'c [Vec<u8>],
+) -> Result<Vec<&'c [u8]>, Pkcs12Error> {
+    if !profile.include_chain {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::with_capacity(chain_der.len());
+    for (i, der) in chain_der.iter().enumerate() {
+        let cert =
+            Certificate::from_der(der).map_err(|source| Pkcs12Error::MalformedCertificate {
+                index: i + 1,
+                source,
+            })?;
+        let self_issued = cert.tbs_certificate.subject == cert.tbs_certificate.issuer;
+        if !self_issued || profile.include_root {
+            out.push(der.as_slice());
+        }
+    }
+    Ok(out)
 }
 
 /// Parses the certificates, checks the chain order and that the key belongs to the leaf.
@@ -664,6 +704,7 @@ pub(super) mod tests {
             mac_salt_len: 8,
             iterations: 2048,
             include_chain: true,
+            include_root: false,
             mobileconfig: matches!(os, TargetOs::Macos | TargetOs::Ios),
             file_extension: if os == TargetOs::Windows {
                 "pfx"
@@ -682,6 +723,7 @@ pub(super) mod tests {
                 mac_salt_len: 16,
                 iterations: 10_000,
                 include_chain: true,
+                include_root: false,
                 mobileconfig: false,
                 file_extension: "pfx".into(),
             },
@@ -939,13 +981,8 @@ pub(super) mod tests {
         let name = bundle_friendly_name(name);
         let name = name.as_str();
         assert_eq!(rb.key_friendly_name.as_deref(), Some(name));
-        let expected_certs = if profile.include_chain {
-            vec![f.leaf.clone(), f.issuer.clone(), f.root.clone()]
-        } else {
-            vec![f.leaf.clone()]
-        };
         let certs: Vec<_> = rb.certs.iter().map(|c| c.der.clone()).collect();
-        assert_eq!(certs, expected_certs);
+        assert_eq!(certs, expected_certs(profile, f), "{}", profile.name);
         assert_eq!(rb.certs[0].friendly_name.as_deref(), Some(name));
         assert_eq!(rb.certs[0].local_key_id.as_ref(), Some(&id));
         for chain_cert in &rb.certs[1..] {
@@ -955,8 +992,18 @@ pub(super) mod tests {
         assert_eq!(read_back(pfx, "00000000x").err().as_deref(), Some("MAC"));
     }
 
+    /// The certificates a bundle of `profile` must hold, leaf first: issue #12 item 7 leaves the
+    /// (self-signed) root out unless `include_root`.
+    fn expected_certs(profile: &KeystoreProfile, f: &Fixture) -> Vec<Vec<u8>> {
+        match (profile.include_chain, profile.include_root) {
+            (false, _) => vec![f.leaf.clone()],
+            (true, false) => vec![f.leaf.clone(), f.issuer.clone()],
+            (true, true) => vec![f.leaf.clone(), f.issuer.clone(), f.root.clone()],
+        }
+    }
+
     /// The `p12` crate (yasna + its own KDF and 3DES) reads the 3DES/SHA-1 bundles.
-    fn check_p12_crate(pfx: &[u8], f: &Fixture, name: &str, pw: &str) {
+    fn check_p12_crate(profile: &KeystoreProfile, pfx: &[u8], f: &Fixture, name: &str, pw: &str) {
         let name = bundle_friendly_name(name);
         let parsed = p12::PFX::parse(pfx).expect("p12 parses the PFX");
         assert!(parsed.verify_mac(pw), "p12: MAC with the right password");
@@ -970,7 +1017,9 @@ pub(super) mod tests {
         );
         assert_eq!(
             parsed.cert_x509_bags(pw).expect("p12 cert bags"),
-            vec![f.leaf.clone(), f.issuer.clone(), f.root.clone()]
+            expected_certs(profile, f),
+            "{}",
+            profile.name
         );
         let id = Sha1::digest(&f.leaf).to_vec();
         let mut names = 0;
@@ -1006,9 +1055,80 @@ pub(super) mod tests {
             let pfx = build_pfx(&profile, &input(f, &chain, name, "12345678")).expect("build");
             check_own_reader(&profile, &pfx, f, name, "12345678");
             if profile.mac == MacAlgorithm::HmacSha1 {
-                check_p12_crate(&pfx, f, name, "12345678");
+                check_p12_crate(&profile, &pfx, f, name, "12345678");
             }
         }
+    }
+
+    /// Issue #12 item 7: by default every profile's bundle holds the leaf and the issuing CA and
+    /// no self-signed certificate; `include_root = true` brings the root back (for every
+    /// profile, both readers), and `include_chain = false` leaves only the leaf.
+    #[test]
+    fn the_root_is_left_out_unless_the_profile_asks_for_it() {
+        let f = fixture();
+        let chain = f.chain();
+        let self_signed = |der: &[u8]| {
+            let c = Certificate::from_der(der).expect("cert");
+            c.tbs_certificate.subject == c.tbs_certificate.issuer
+        };
+        for mut profile in default_profiles() {
+            assert!(!profile.include_root, "{}", profile.name);
+            let pfx = build_pfx(&profile, &input(f, &chain, "n", "12345678")).expect("build");
+            let certs: Vec<Vec<u8>> = read_back(&pfx, "12345678")
+                .expect("read back")
+                .certs
+                .into_iter()
+                .map(|c| c.der)
+                .collect();
+            assert_eq!(
+                certs,
+                vec![f.leaf.clone(), f.issuer.clone()],
+                "{}",
+                profile.name
+            );
+            assert!(
+                !certs.iter().any(|c| self_signed(c)),
+                "{}: a self-signed certificate in the bundle",
+                profile.name
+            );
+            if profile.mac == MacAlgorithm::HmacSha1 {
+                check_p12_crate(&profile, &pfx, f, "n", "12345678");
+            }
+
+            profile.include_root = true;
+            let pfx = build_pfx(&profile, &input(f, &chain, "n", "12345678")).expect("build");
+            check_own_reader(&profile, &pfx, f, "n", "12345678");
+            let certs = read_back(&pfx, "12345678").expect("read back").certs;
+            assert_eq!(certs.len(), 3, "{}", profile.name);
+            assert_eq!(
+                certs[2].der, f.root,
+                "{}: the root comes back",
+                profile.name
+            );
+            if profile.mac == MacAlgorithm::HmacSha1 {
+                check_p12_crate(&profile, &pfx, f, "n", "12345678");
+            }
+
+            profile.include_chain = false;
+            profile.include_root = false;
+            let pfx = build_pfx(&profile, &input(f, &chain, "n", "12345678")).expect("build");
+            check_own_reader(&profile, &pfx, f, "n", "12345678");
+        }
+        // The selection itself: the caller's chain is never changed, only filtered.
+        let p = &default_profiles()[0];
+        assert_eq!(
+            bundle_chain(p, &chain).expect("chain"),
+            vec![f.issuer.as_slice()]
+        );
+        assert_eq!(
+            bundle_chain(p, std::slice::from_ref(&f.issuer)).expect("chain"),
+            vec![f.issuer.as_slice()]
+        );
+        assert!(
+            bundle_chain(p, std::slice::from_ref(&f.root))
+                .expect("chain")
+                .is_empty()
+        );
     }
 
     #[test]
@@ -1248,7 +1368,7 @@ pub(super) mod tests {
                 if profile.key_encryption == BagEncryption::Pbe3Des
                     && profile.cert_encryption == BagEncryption::Pbe3Des
                 {
-                    check_p12_crate(&pfx, f, &name, &pw);
+                    check_p12_crate(&profile, &pfx, f, &name, &pw);
                 }
             }
         }

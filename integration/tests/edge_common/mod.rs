@@ -100,7 +100,8 @@ pub async fn enroll(d: &Daemon, dir: &Path, n: u32) -> Device {
         &tools::pem("PRIVATE KEY", &key_pkcs8).into_bytes(),
     );
     // The certificates from the bundle (openssl -clcerts, then -cacerts: leaf first, then the
-    // issuer and the root; text outside the PEM blocks is skipped by every PEM reader).
+    // issuer; no root since issue #12 item 7; text outside the PEM blocks is skipped by every
+    // PEM reader).
     let mut cert_text = Vec::new();
     for which in ["-clcerts", "-cacerts"] {
         let o = run(Command::new("openssl")

@@ -9,9 +9,11 @@ parse raises, so the process exits non-zero with a traceback on stderr.
 
 Output (text values are hex of their UTF-8 bytes, so the comparison is byte for byte):
   leaf_der, key_type, key_curve, key_matches_leaf, subject {C, O, OU, CN},
-  friendly_name (hex or null), additional [{der, friendly_name}],
+  friendly_name (hex or null), additional [{der, friendly_name, self_signed}],
   mobileconfig (when given): {payload_type, payloads [{type, keys}],
-                              pkcs12_leaf_der, pkcs12_opened, root_der}
+                              pkcs12_leaf_der, pkcs12_additional [der], pkcs12_opened,
+                              issuer_der (the com.apple.security.pkcs1 payload, or null),
+                              root_der (the com.apple.security.root payload, or null)}
 """
 
 import json
@@ -72,28 +74,39 @@ def open_pfx(data, password):
             {
                 "der": der_hex(c.certificate),
                 "friendly_name": None if c.friendly_name is None else c.friendly_name.hex(),
+                # A root (self-signed) in a bundle becomes a trust anchor on the device.
+                "self_signed": c.certificate.subject == c.certificate.issuer,
             }
             for c in bundle.additional_certs
         ],
     }
 
 
+def load_cert(raw):
+    if raw.lstrip().startswith(b"-----BEGIN"):
+        return x509.load_pem_x509_certificate(raw)
+    return x509.load_der_x509_certificate(raw)
+
+
 def check_mobileconfig(data, password):
     plist = plistlib.loads(data)
-    out = {"payload_type": plist.get("PayloadType"), "payloads": []}
+    out = {
+        "payload_type": plist.get("PayloadType"),
+        "payloads": [],
+        "issuer_der": None,
+        "root_der": None,
+    }
     for p in plist.get("PayloadContent", []):
         out["payloads"].append({"type": p.get("PayloadType"), "keys": sorted(p.keys())})
         if p.get("PayloadType") == "com.apple.security.pkcs12":
             _, facts = open_pfx(p["PayloadContent"], password)
             out["pkcs12_leaf_der"] = facts["leaf_der"]
+            out["pkcs12_additional"] = [c["der"] for c in facts["additional"]]
             out["pkcs12_opened"] = True
+        elif p.get("PayloadType") == "com.apple.security.pkcs1":
+            out["issuer_der"] = der_hex(load_cert(p["PayloadContent"]))
         elif p.get("PayloadType") == "com.apple.security.root":
-            raw = p["PayloadContent"]
-            if raw.lstrip().startswith(b"-----BEGIN"):
-                cert = x509.load_pem_x509_certificate(raw)
-            else:
-                cert = x509.load_der_x509_certificate(raw)
-            out["root_der"] = der_hex(cert)
+            out["root_der"] = der_hex(load_cert(p["PayloadContent"]))
     return out
 
 

@@ -112,8 +112,12 @@ def main():
     leaf = bundle.cert.certificate
     if leaf.public_bytes(serialization.Encoding.DER) != redeemed.certificate_der:
         raise SystemExit("bundle leaf differs from certificate_der")
-    if len(bundle.additional_certs) != 2:
-        raise SystemExit(f"chain in bundle has {len(bundle.additional_certs)} certificates, expected 2")
+    # Issue #12 item 7: the bundle carries the issuing CA, not the root.
+    if len(bundle.additional_certs) != 1:
+        raise SystemExit(f"chain in bundle has {len(bundle.additional_certs)} certificates, expected 1")
+    extra = bundle.additional_certs[0].certificate.public_bytes(serialization.Encoding.DER)
+    if extra != redeemed.chain_der[0]:
+        raise SystemExit("the bundle's CA certificate is not the issuer of chain_der")
     org = leaf.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value
     cn = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
     if org.encode("utf-8") != FACILITY.encode("utf-8"):

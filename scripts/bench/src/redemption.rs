@@ -214,6 +214,8 @@ fn floor_bundle_leaf(
         let mc = pkcs12::build_mobileconfig(&MobileconfigInput {
             pfx: &pfx,
             pfx_file_name: "bundle.p12",
+            profile: keystore,
+            issuer_der: &issuer.cert_der,
             root_der: &pki.root_cert_der,
             root_name: "ケアネット 端末ルートCA",
             display_name: &enrollee.person.display_name(),
