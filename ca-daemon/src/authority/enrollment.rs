@@ -439,6 +439,8 @@ impl Authority {
                     device_identity: &identity,
                     pfx: &pfx,
                     pfx_file_name: &file_name,
+                    profile: &keystore,
+                    issuer_der: &issuer2.cert_der,
                     root_der: &root,
                     root_name: "ケアネット 端末ルートCA",
                     display_name: &enrollee.person.display_name(),
