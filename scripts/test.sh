@@ -9,3 +9,7 @@ scripts/setup-venv.sh >/dev/null
 cargo build -q -p ca-daemon --bin ca-daemon
 export CA_DAEMON_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/ca-daemon"
 cargo test --workspace --no-fail-fast "$@"
+# The suites that make sense for both stores run again with every daemon on PostgreSQL (a real
+# server the harness starts itself: integration/src/pg.rs; issue #15 item 7).
+CA_DAEMON_TEST_STORE=postgresql cargo test -p integration --no-fail-fast \
+  --test enrollment --test revocation --test operations --test crash "$@"

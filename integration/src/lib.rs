@@ -340,6 +340,43 @@ impl Daemon {
         self.spawn()
     }
 
+    /// Opens this daemon's store through the library, as the daemon does: its PostgreSQL
+    /// database when it runs with `--store` (the daemon may keep running), else the sled store
+    /// in its data dir (the daemon must be stopped: sled locks it).
+    pub fn open_store(&self) -> Result<std::sync::Arc<dyn ca_daemon::store::Store>, HarnessError> {
+        let arg = |name: &str| {
+            self.extra_args
+                .iter()
+                .position(|a| a == name)
+                .and_then(|i| self.extra_args.get(i + 1))
+                .cloned()
+        };
+        let failed = |e: ca_daemon::store::StoreError| HarnessError::NotReady(format!("open the store: {e}"));
+        match arg("--store") {
+            Some(url) => {
+                let password = match arg("--store-password-file") {
+                    Some(f) => Some(zeroize::Zeroizing::new(
+                        std::fs::read_to_string(&f)
+                            .map_err(io("read the store password file"))?
+                            .trim_end()
+                            .to_owned(),
+                    )),
+                    None => None,
+                };
+                let opts = ca_daemon::store::PgOptions::from_url(&url, password).map_err(failed)?;
+                Ok(std::sync::Arc::new(
+                    ca_daemon::store::PgStore::connect(&opts).map_err(failed)?,
+                ))
+            }
+            None => Ok(std::sync::Arc::new(
+                ca_daemon::store::SledStore::open(
+                    &ca_daemon::pki::Layout::new(&self.data_dir).store_dir(),
+                )
+                .map_err(failed)?,
+            )),
+        }
+    }
+
     /// The dev directory with the client certificates.
     pub fn dev_dir(&self) -> PathBuf {
         self.data_dir.join("dev")

@@ -573,10 +573,9 @@ async fn every_keystore_profile_is_read_by_openssl_keytool_and_python() -> TestR
 
 /// Writes an ACTIVE ticket whose `expires_at` has passed into the (stopped) daemon's store,
 /// through the library, as the daemon would have written it 15 days ago.
-fn insert_expired_ticket(data_dir: &Path) -> Result<(String, String), Box<dyn std::error::Error>> {
-    use ca_daemon::store::{
-        AuditEvent, RECORD_VERSION, SledStore, Store, TicketRecord, TicketState,
-    };
+fn insert_expired_ticket(d: &Daemon) -> Result<(String, String), Box<dyn std::error::Error>> {
+    use ca_daemon::store::{AuditEvent, RECORD_VERSION, TicketRecord, TicketState};
+    let data_dir = d.data_dir.as_path();
     let passphrase =
         ca_daemon::keys::Passphrase::from_file(&ca_daemon::pki::dev_passphrase_path(data_dir))?;
     let pki = ca_daemon::pki::load(data_dir, &passphrase)?;
@@ -602,7 +601,7 @@ fn insert_expired_ticket(data_dir: &Path) -> Result<(String, String), Box<dyn st
         created_by: "test:integration".into(),
         redeemed_serial: None,
     };
-    let store = SledStore::open(&ca_daemon::pki::Layout::new(data_dir).store_dir())?;
+    let store = d.open_store()?;
     store.create_ticket(
         &record,
         AuditEvent::new(
@@ -630,7 +629,7 @@ async fn tickets_are_single_use_lock_expire_and_cancel() -> TestResult {
     // --- expired: write the ticket while the daemon is stopped, then start it again
     let mut d = Daemon::start()?;
     assert!(d.stop(), "the daemon did not stop cleanly:\n{}", d.log());
-    let (exp_number, exp_password) = insert_expired_ticket(&d.data_dir)?;
+    let (exp_number, exp_password) = insert_expired_ticket(&d)?;
     d.start_again()?;
     let mut enr = d.enrollment("portal").await?;
     let mut issued = Issued::default();

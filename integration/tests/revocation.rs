@@ -1011,16 +1011,17 @@ const BIG_CRL_REACH: Duration = Duration::from_secs(10);
 /// Inserts `count` certificates of facility `facility` for `issuer_id` through the store API
 /// (a ticket and its redemption each; the DER is a placeholder, a CRL needs only the serial)
 /// and revokes them all. Returns their serials.
-fn seed_revoked(store_dir: &Path, issuer_id: &str, facility: &str, count: usize) -> Vec<String> {
+fn seed_revoked(d: &Daemon, issuer_id: &str, facility: &str, count: usize) -> Vec<String> {
     use ca_daemon::store::{
-        AuditEvent, CertRecord, RECORD_VERSION, Revocation, RevokeTarget, SledStore, Store,
-        TicketRecord, TicketState,
+        AuditEvent, CertRecord, RECORD_VERSION, Revocation, RevokeTarget, TicketRecord,
+        TicketState,
     };
     use pki_policy::domain::{Device, Enrollee, Facility, Person, RevocationReason, TargetOs};
     use rand::Rng as _;
 
-    let store = SledStore::open(store_dir)
-        .unwrap_or_else(|e| panic!("open the store {}: {e}", store_dir.display()));
+    let store = d
+        .open_store()
+        .unwrap_or_else(|e| panic!("open the daemon's store: {e}"));
     let now = time::OffsetDateTime::now_utc();
     let enrollee = |i: usize| Enrollee {
         facility: Facility {
@@ -1149,9 +1150,7 @@ async fn crl_with_ten_thousand_entries_republishes_quickly() {
     assert!(d.stop(), "daemon stops cleanly");
 
     let started = Instant::now();
-    let store_dir = d.data_dir.join("store");
-    let seeded =
-        tokio::task::block_in_place(|| seed_revoked(&store_dir, &issuer_id, "FSEED", SEEDED));
+    let seeded = tokio::task::block_in_place(|| seed_revoked(&d, &issuer_id, "FSEED", SEEDED));
     println!(
         "seeded {} revoked certificates in {} ms",
         seeded.len(),
