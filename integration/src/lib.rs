@@ -351,7 +351,9 @@ impl Daemon {
                 .and_then(|i| self.extra_args.get(i + 1))
                 .cloned()
         };
-        let failed = |e: ca_daemon::store::StoreError| HarnessError::NotReady(format!("open the store: {e}"));
+        let failed = |e: ca_daemon::store::StoreError| {
+            HarnessError::NotReady(format!("open the store: {e}"))
+        };
         match arg("--store") {
             Some(url) => {
                 let password = match arg("--store-password-file") {

@@ -1013,8 +1013,7 @@ const BIG_CRL_REACH: Duration = Duration::from_secs(10);
 /// and revokes them all. Returns their serials.
 fn seed_revoked(d: &Daemon, issuer_id: &str, facility: &str, count: usize) -> Vec<String> {
     use ca_daemon::store::{
-        AuditEvent, CertRecord, RECORD_VERSION, Revocation, RevokeTarget, TicketRecord,
-        TicketState,
+        AuditEvent, CertRecord, RECORD_VERSION, Revocation, RevokeTarget, TicketRecord, TicketState,
     };
     use pki_policy::domain::{Device, Enrollee, Facility, Person, RevocationReason, TargetOs};
     use rand::Rng as _;

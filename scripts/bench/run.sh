@@ -7,13 +7,13 @@
 #                                        # results go to a temp dir, docs/ is left alone
 #   scripts/bench/run.sh --assemble      # only rebuild docs/benchmarks.md from results/*.md
 #
-# Benchmarks: redemption, ocsp, crl, reach, scale, footprint. Loopback only; every step has a time limit.
+# Benchmarks: redemption, ocsp, crl, reach, scale, footprint, cluster. Loopback only; every step has a time limit.
 # Needs openssl, wrk, hyperfine and /usr/bin/time; installs the missing ones with apt-get when
 # running as root. Builds the release binaries once (cargo build --release).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-ALL=(redemption ocsp crl reach scale footprint)
+ALL=(redemption ocsp crl reach scale footprint cluster)
 MODE=full
 ONLY=()
 ASSEMBLE_ONLY=0
@@ -84,7 +84,7 @@ limit() { # seconds allowed for one benchmark
     if [ "$MODE" = smoke ]; then echo 300; return; fi
     case "$1" in
         redemption) echo 1500 ;; ocsp) echo 600 ;; crl) echo 900 ;;
-        reach) echo 600 ;; scale) echo 1800 ;; footprint) echo 2700 ;; *) echo 600 ;;
+        reach) echo 600 ;; scale) echo 1800 ;; footprint) echo 2700 ;; cluster) echo 1200 ;; *) echo 600 ;;
     esac
 }
 

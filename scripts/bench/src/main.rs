@@ -10,12 +10,14 @@
 //! - `crl`: CRL build + sign for 10k/100k/1M entries vs `openssl ca -gencrl`, time and peak RSS;
 //! - `reach`: revoke → the example gateway refuses the certificate;
 //! - `scale`: redemption rate and restart time with a small and a large store;
-//! - `footprint`: disk per certificate, memory under load with a large store, backup size and time.
+//! - `footprint`: disk per certificate, memory under load with a large store, backup size and time;
+//! - `cluster`: several daemons on one PostgreSQL, beside sled: redemption, reach, CRL, restart.
 //!
 //! Helpers used by those: `bare-http` (the bare HTTP peer), `crl-child` (one CRL build in its
 //! own process, for its peak RSS), `crl-index` (the same entries as an openssl `index.txt`).
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod common;
 mod crl;
 mod error;
@@ -91,6 +93,8 @@ enum Cmd {
     Scale(BenchArgs),
     /// Benchmark 6: footprint (disk, memory, backup) with a large store.
     Footprint(BenchArgs),
+    /// Benchmark 7: several daemons on one PostgreSQL beside sled (issue #15).
+    Cluster(BenchArgs),
     /// Helper: a bare HTTP server answering every request with a fixed body.
     BareHttp {
         /// Listen address.
@@ -139,6 +143,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Reach(a) => bench(a, |m, w| Box::pin(reach::run(m, w))),
         Cmd::Scale(a) => bench(a, |m, w| Box::pin(scale::run(m, w))),
         Cmd::Footprint(a) => bench(a, |m, w| Box::pin(footprint::run(m, w))),
+        Cmd::Cluster(a) => bench(a, |m, w| Box::pin(cluster::run(m, w))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -18,19 +18,22 @@ use crate::stats;
 use crate::{Mode, Section};
 
 /// A device identity taken from a redeemed bundle.
-struct DeviceCert {
-    serial: String,
-    config: Arc<rustls::ClientConfig>,
+pub(crate) struct DeviceCert {
+    pub(crate) serial: String,
+    pub(crate) config: Arc<rustls::ClientConfig>,
 }
 
 /// Outcome of one connection attempt.
 #[derive(Debug, PartialEq, Eq)]
-enum Attempt {
+pub(crate) enum Attempt {
     Accepted,
     Refused,
 }
 
-async fn attempt(addr: std::net::SocketAddr, cfg: Arc<rustls::ClientConfig>) -> Result<Attempt> {
+pub(crate) async fn attempt(
+    addr: std::net::SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Result<Attempt> {
     let run = async {
         let tcp = TcpStream::connect(addr).await?;
         // Without it the handshake waits on delayed ACKs (~40 ms a poll).
@@ -77,7 +80,7 @@ const STAGGER: Duration = Duration::from_millis(5);
 
 /// Handshakes with `cfg` from [`POLLERS`] staggered pollers until one is refused; returns the
 /// time from `t0` to that refusal and the number of handshakes made.
-async fn poll_until_refused(
+pub(crate) async fn poll_until_refused(
     addr: std::net::SocketAddr,
     cfg: Arc<rustls::ClientConfig>,
     t0: Instant,

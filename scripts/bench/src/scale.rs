@@ -208,8 +208,9 @@ pub fn redeem_seeded(store: &SledStore, ticket: &TicketRecord, c: CertParts<'_>)
     Ok(())
 }
 
-/// Spawn → `/healthz` answers 200, polled every 5 ms; then SIGTERM.
-fn restart_time(data_dir: &Path, policy: &Path) -> Result<Duration> {
+/// Spawn → `/healthz` answers 200, polled every 5 ms; then SIGTERM. `extra`: more `serve`
+/// arguments (the cluster benchmark's `--store`).
+pub(crate) fn restart_time(data_dir: &Path, policy: &Path, extra: &[String]) -> Result<Duration> {
     let bin = std::env::var_os("CA_DAEMON_BIN")
         .map(PathBuf::from)
         .ok_or_else(|| BenchError::Failed("CA_DAEMON_BIN is not set".into()))?;
@@ -228,6 +229,7 @@ fn restart_time(data_dir: &Path, policy: &Path) -> Result<Duration> {
         .arg(http.to_string())
         .arg("--policy")
         .arg(policy)
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -289,7 +291,7 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
         for _ in 0..rounds.max(1) {
             let dd = data_dir.clone();
             let pp = policy.clone();
-            let t = tokio::task::block_in_place(|| restart_time(&dd, &pp))?;
+            let t = tokio::task::block_in_place(|| restart_time(&dd, &pp, &[]))?;
             restarts.push(t.as_secs_f64() * 1e3);
         }
         let d = Daemon::start_with(DaemonOptions {
