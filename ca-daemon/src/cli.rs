@@ -123,6 +123,13 @@ pub struct StoreReconcileArgs {
     /// Its signature is checked against the issuer certificate.
     #[arg(long = "crl")]
     pub crls: Vec<String>,
+    /// The PostgreSQL store to reconcile (`postgresql://user@host:port/db`, or
+    /// `CA_DAEMON_STORE`) [default: sled in DATA_DIR/store].
+    #[arg(long, env = "CA_DAEMON_STORE")]
+    pub store: Option<String>,
+    /// File with the PostgreSQL password.
+    #[arg(long)]
+    pub store_password_file: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -861,7 +868,10 @@ fn audit_checkpoint(a: &AuditCheckpointArgs) -> Result<(), CliError> {
 fn store_reconcile(a: &StoreReconcileArgs) -> Result<(), CliError> {
     let layout = crate::pki::Layout::new(&a.data_dir);
     let store_dir = layout.store_dir();
-    if !crate::promises::store_present(&store_dir) {
+    let location =
+        crate::server::StoreLocation::resolve(a.store.as_deref(), a.store_password_file.clone())
+            .map_err(|e| CliError::new(e.to_string()))?;
+    if !location.is_shared() && !crate::promises::store_present(&store_dir) {
         return Err(CliError::new(format!(
             "no store in {}: restore a backup (`ca-daemon restore`) or create an empty one (`ca-daemon store create`) first",
             store_dir.display()
@@ -889,18 +899,28 @@ fn store_reconcile(a: &StoreReconcileArgs) -> Result<(), CliError> {
         };
         extra.push((id.to_owned(), der));
     }
-    let store = crate::store::SledStore::open(&store_dir).map_err(|e| {
-        CliError::new(format!(
-            "cannot open {} (is the daemon still running on it?): {e}",
-            store_dir.display()
-        ))
-    })?;
+    let store: Box<dyn crate::store::Store> = match &location {
+        crate::server::StoreLocation::Sled => {
+            Box::new(crate::store::SledStore::open(&store_dir).map_err(|e| {
+                CliError::new(format!(
+                    "cannot open {} (is the daemon still running on it?): {e}",
+                    store_dir.display()
+                ))
+            })?)
+        }
+        crate::server::StoreLocation::Postgres { url, password_file } => {
+            let store = crate::cluster::connect_store_blocking(url, password_file.as_deref())
+                .map_err(|e| CliError::new(e.to_string()))?;
+            Box::new(store)
+        }
+    };
     let actor = format!(
         "cli:{}",
         std::env::var("USER").unwrap_or_else(|_| "operator".into())
     );
-    let report = crate::promises::reconcile(&a.data_dir, &store, &key, &issuers, &extra, &actor)
-        .map_err(|e| CliError::new(format!("reconcile failed: {e}")))?;
+    let report =
+        crate::promises::reconcile(&a.data_dir, store.as_ref(), &key, &issuers, &extra, &actor)
+            .map_err(|e| CliError::new(format!("reconcile failed: {e}")))?;
     let unknown = report.unknown_serials();
     let applied: Vec<serde_json::Value> = report
         .reinstated

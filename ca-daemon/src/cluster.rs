@@ -86,18 +86,27 @@ fn read_password(path: Option<&Path>) -> Result<Option<Zeroizing<String>>, Serve
     Ok(Some(Zeroizing::new(text.to_owned())))
 }
 
+/// Connects to the PostgreSQL store (applying migrations under a lock), from a blocking
+/// context (operator commands, or inside `spawn_blocking`).
+pub fn connect_store_blocking(
+    url: &str,
+    password_file: Option<&Path>,
+) -> Result<crate::store::pg::PgStore, ServeError> {
+    let password = read_password(password_file)?;
+    let opts = crate::store::pg::PgOptions::from_url(url, password)
+        .map_err(|e| ServeError::Store(e.to_string()))?;
+    crate::store::pg::PgStore::connect(&opts).map_err(|e| ServeError::Store(e.to_string()))
+}
+
 /// Connects to the PostgreSQL store (applying migrations under a lock) for `serve`.
 pub async fn connect_store(
     url: &str,
     password_file: Option<&Path>,
 ) -> Result<Arc<dyn Store>, ServeError> {
-    let password = read_password(password_file)?;
-    let opts = crate::store::pg::PgOptions::from_url(url, password)
-        .map_err(|e| ServeError::Store(e.to_string()))?;
-    let store = tokio::task::spawn_blocking(move || crate::store::pg::PgStore::connect(&opts))
+    let (url, file) = (url.to_owned(), password_file.map(Path::to_path_buf));
+    let store = tokio::task::spawn_blocking(move || connect_store_blocking(&url, file.as_deref()))
         .await
-        .map_err(|e| ServeError::Startup(e.to_string()))?
-        .map_err(|e| ServeError::Store(e.to_string()))?;
+        .map_err(|e| ServeError::Startup(e.to_string()))??;
     tracing::info!(store = store.kind(), "connected to the shared store");
     Ok(Arc::new(store))
 }

@@ -495,13 +495,22 @@ impl StoreCheck {
 
     /// The refusal message at start: what is missing and how to recover.
     pub fn refusal(&self, data_dir: &Path) -> String {
+        self.refusal_for(
+            data_dir,
+            &format!("the store in {}", data_dir.join("store").display()),
+            "",
+        )
+    }
+
+    /// [`StoreCheck::refusal`] naming the store (`store`, e.g. "the database postgresql://…")
+    /// and the extra arguments `store reconcile` needs to reach it (`--store URL`).
+    pub fn refusal_for(&self, data_dir: &Path, store: &str, reconcile_args: &str) -> String {
         format!(
-            "refusing to start: the store in {store} is behind what this CA has already promised: {what}. \
+            "refusing to start: {store} is behind what this CA has already promised: {what}. \
              Serving from it would withdraw published revocations. If the store was restored from a backup \
-             or damaged, stop here and run `ca-daemon store reconcile --data-dir {dd}` (it re-applies the \
+             or damaged, stop here and run `ca-daemon store reconcile --data-dir {dd}{reconcile_args}` (it re-applies the \
              revocations kept in {cp} and reports certificates unknown to the store); see docs/operations.md, \
              \"The disk died\"",
-            store = data_dir.join("store").display(),
             what = self.describe(),
             dd = data_dir.display(),
             cp = data_dir.join(DIR).display(),
@@ -840,7 +849,7 @@ pub fn open_checked_store(
             "refusing to start: store: {e} (if the store is damaged, move it aside, restore the newest backup and run `ca-daemon store reconcile`)"
         ))
     })?;
-    let promises = check_opened_store(data_dir, pki, &store)?;
+    let promises = check_opened_store(data_dir, pki, &store, None)?;
     Ok((store, promises))
 }
 
@@ -848,11 +857,13 @@ pub fn open_checked_store(
 /// PostgreSQL store shared by several nodes: each node keeps its own checkpoint and kept CRLs
 /// in its data dir, and the shared log only ever grows past them). An empty database behind a
 /// node's checkpoint is refused like a lost sled store (point the node at the right database,
-/// or `store copy` the backup into it).
+/// or `store copy` the backup into it). `store_url` names a PostgreSQL store in the refusal;
+/// `None` is the sled store in the data dir.
 pub fn check_opened_store(
     data_dir: &Path,
     pki: &crate::pki::LoadedPki,
     store: &dyn Store,
+    store_url: Option<&str>,
 ) -> Result<Promises, PromiseError> {
     let layout = PromiseLayout::new(data_dir);
     let key = CheckpointKey::from_pepper(&pki.pepper)?;
@@ -870,7 +881,14 @@ pub fn check_opened_store(
     )
     .map_err(|e| PromiseError::Refused(format!("refusing to start: {e}")))?;
     if !check.is_ok() {
-        return Err(PromiseError::Refused(check.refusal(data_dir)));
+        return Err(PromiseError::Refused(match store_url {
+            None => check.refusal(data_dir),
+            Some(url) => check.refusal_for(
+                data_dir,
+                &format!("the database {url}"),
+                &format!(" --store {url} [--store-password-file FILE]"),
+            ),
+        }));
     }
     Promises::open(data_dir, key)
 }

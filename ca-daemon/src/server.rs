@@ -288,7 +288,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         }
         StoreLocation::Postgres { url, password_file } => {
             let store = crate::cluster::connect_store(url, password_file.as_deref()).await?;
-            let (s, pass) = (store.clone(), passphrase.clone());
+            let (s, pass, url) = (store.clone(), passphrase.clone(), url.clone());
             let (pki, promises) = tokio::task::spawn_blocking(move || {
                 // Issuers rotated on another node while this one was down come first.
                 let pki = match crate::cluster::adopt_keys(&dir, s.as_ref()) {
@@ -301,7 +301,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
                         )));
                     }
                 };
-                crate::promises::check_opened_store(&dir, &pki, s.as_ref()).map(|p| (pki, p))
+                crate::promises::check_opened_store(&dir, &pki, s.as_ref(), Some(&url))
+                    .map(|p| (pki, p))
             })
             .await
             .map_err(|e| ServeError::Startup(e.to_string()))?
@@ -534,4 +535,51 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     }
     tracing::info!("ca-daemon stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_location_from_flag_env_or_config_value() {
+        assert_eq!(
+            StoreLocation::resolve(None, None).ok(),
+            Some(StoreLocation::Sled)
+        );
+        assert_eq!(
+            StoreLocation::resolve(Some("sled"), None).ok(),
+            Some(StoreLocation::Sled)
+        );
+        let pg = StoreLocation::resolve(
+            Some("postgresql://ca@127.0.0.1:5432/ca"),
+            Some(PathBuf::from("/etc/pw")),
+        )
+        .expect("postgresql URL");
+        assert!(pg.is_shared());
+        assert_eq!(
+            pg,
+            StoreLocation::Postgres {
+                url: "postgresql://ca@127.0.0.1:5432/ca".into(),
+                password_file: Some(PathBuf::from("/etc/pw")),
+            }
+        );
+        assert!(StoreLocation::resolve(Some("postgres://ca@h/db"), None).is_ok());
+        let e = StoreLocation::resolve(Some("mysql://x"), None).expect_err("unknown scheme");
+        assert!(e.to_string().contains("postgresql://"), "{e}");
+        let e = StoreLocation::resolve(None, Some(PathBuf::from("/etc/pw")))
+            .expect_err("a password file without a URL");
+        assert!(e.to_string().contains("--store-password-file"), "{e}");
+    }
+
+    #[test]
+    fn config_file_names_the_store() {
+        let c = crate::config::FileConfig::parse(
+            std::path::Path::new("c.toml"),
+            "store = \"postgresql://ca@db/ca\"\nstore_password_file = \"/etc/pw\"\n",
+        )
+        .expect("parses");
+        assert_eq!(c.store.as_deref(), Some("postgresql://ca@db/ca"));
+        assert_eq!(c.store_password_file, Some(PathBuf::from("/etc/pw")));
+    }
 }

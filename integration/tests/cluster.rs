@@ -403,3 +403,164 @@ async fn audit_is_one_chain_across_nodes() {
         "{out}"
     );
 }
+
+/// `store =` in the config file selects PostgreSQL as `--store` does; the password comes from
+/// its file and never shows in the log; a password inside the URL (flag or `CA_DAEMON_STORE`) is
+/// refused without being echoed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_from_config_or_environment_and_the_password_stays_secret() {
+    let _one = SERIAL.lock().await;
+    let pg = integration::pg::PgCluster::start_new().expect("PostgreSQL");
+    let db = pg.create_database().expect("database");
+    let password = std::fs::read_to_string(&db.password_file).expect("password");
+    let password = password.trim();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("ca-daemon.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "store = \"{}\"\nstore_password_file = \"{}\"\n",
+            db.url,
+            db.password_file.display()
+        ),
+    )
+    .expect("write config");
+    let d = integration::Daemon::start_with(integration::DaemonOptions {
+        extra_args: vec!["--config".into(), cfg.display().to_string()],
+        ..integration::DaemonOptions::default()
+    })
+    .expect("start with the store from the config file");
+    let (number, pw) = create_ticket(&d, 1).await;
+    redeem(&d, &number, &pw).await.expect("redeem");
+    let rows = pg
+        .psql(&db.name, "SELECT count(*) FROM certificates")
+        .expect("psql");
+    assert_eq!(rows.trim(), "1", "the certificate is in PostgreSQL");
+    assert!(
+        !d.data_dir.join("store").exists(),
+        "no sled store next to a PostgreSQL one"
+    );
+    assert!(!d.log().contains(password), "the password is in the log");
+
+    let with_password = db.url.replace("ca@", &format!("ca:{password}@"));
+    let run = |envs: &[(&str, &str)], args: &[&str]| {
+        let out = std::process::Command::new(integration::daemon_bin().expect("binary"))
+            .args(["serve", "--dev", "--data-dir"])
+            .arg(dir.path().join("other"))
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run ca-daemon");
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    for (envs, args) in [
+        (vec![], vec!["--store", with_password.as_str()]),
+        (vec![("CA_DAEMON_STORE", with_password.as_str())], vec![]),
+    ] {
+        let (code, out) = run(&envs, &args);
+        assert_ne!(code, Some(0), "{out}");
+        assert!(
+            out.contains("store-password-file"),
+            "says what to do: {out}"
+        );
+        assert!(!out.contains(password), "the password is echoed: {out}");
+    }
+}
+
+/// Issue #11 on PostgreSQL: a node that has published refuses a database behind what it
+/// promised (here: an empty one, as after pointing it at the wrong or a lost database), with the
+/// way out; on its own database it starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_refuses_a_database_behind_its_checkpoint() {
+    let _one = SERIAL.lock().await;
+    let c = start_nodes(1, true);
+    let (number, pw) = create_ticket(&c.nodes[0], 1).await;
+    let r = redeem(&c.nodes[0], &number, &pw).await.expect("redeem");
+    revoke(&c.nodes[0], &r.serial).await.expect("revoke");
+    let issuer_id = active_issuer(&c.nodes[0]).await.id;
+    until(Duration::from_secs(5), || async {
+        http_crl(&c.nodes[0], &issuer_id)
+            .filter(|der| crl_serials(c.dir.path(), der).contains(&r.serial))
+            .map(|_| ())
+    })
+    .await
+    .expect("the revocation is published");
+    let data_dir = c.nodes[0].data_dir.clone();
+    let mut nodes = c.nodes;
+    assert!(nodes[0].stop(), "stops cleanly");
+    drop(nodes);
+
+    let empty = c.pg.create_database().expect("another database");
+    let d = integration::Daemon::start_with(integration::DaemonOptions {
+        data_dir: Some(data_dir.clone()),
+        extra_args: store_args(&empty),
+        ..integration::DaemonOptions::default()
+    });
+    let err = match &d {
+        Ok(_) => panic!("started on an empty database behind its checkpoint"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("refusing to start"), "{err}");
+    assert!(
+        err.contains(&format!("--store {}", empty.url)),
+        "names the database: {err}"
+    );
+    // Its own database: fine.
+    integration::Daemon::start_with(integration::DaemonOptions {
+        data_dir: Some(data_dir.clone()),
+        extra_args: store_args(&c.db),
+        ..integration::DaemonOptions::default()
+    })
+    .expect("starts again on its own database")
+    .stop();
+    // With no other copy, `store reconcile --store` re-applies the kept revocations to the
+    // empty database, and the node starts on it with the revocation still listed.
+    let dd = data_dir.display().to_string();
+    let pf = empty.password_file.display().to_string();
+    let out = std::process::Command::new(integration::daemon_bin().expect("binary"))
+        .args([
+            "store",
+            "reconcile",
+            "--data-dir",
+            &dd,
+            "--store",
+            &empty.url,
+        ])
+        .args(["--store-password-file", &pf])
+        .output()
+        .expect("store reconcile");
+    assert!(
+        out.status.success(),
+        "store reconcile --store: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = integration::Daemon::start_with(integration::DaemonOptions {
+        data_dir: Some(data_dir),
+        extra_args: store_args(&empty),
+        ..integration::DaemonOptions::default()
+    })
+    .expect("starts on the reconciled database");
+    let status = d
+        .revocation("gateway")
+        .await
+        .expect("client")
+        .check_status(v1::CheckStatusRequest {
+            serial: r.serial.clone(),
+        })
+        .await
+        .expect("CheckStatus")
+        .into_inner();
+    assert_eq!(
+        status.status,
+        v1::certificate_status::Status::Revoked as i32
+    );
+}
