@@ -9,6 +9,7 @@
 //! | `Crl` | reads the issuer's newest CRL from the store, serves it (HTTP, `GetCrl`, `WatchCrl` streams) and keeps it among its promises |
 //! | `Issuers`, `KeyBlobs` | writes the issuers another node shared into its own `keys/` and reloads when anything changed ([`crate::cluster::adopt_keys`]) |
 //! | `Resync` (after a reconnect: notifications sent meanwhile are lost) | all of the above for every issuer, and drops the whole OCSP cache |
+//! | every 30 s (a slow poll backs the notifications up) | re-reads the issuers and every issuer's newest CRL; a newer CRL found this way drops the OCSP cache |
 //!
 //! A little after a revocation (or a reconnect), every node also checks that the stored CRL
 //! lists every revocation and publishes one if not: the revoking node may have died between
@@ -23,6 +24,9 @@ use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::publication::record_crl_metrics;
+
+/// How often a node re-reads the store for changes no notification announced.
+const POLL: std::time::Duration = std::time::Duration::from_secs(30);
 use super::{Authority, blocking, store_err};
 use crate::error::CaError;
 use crate::store::{CrlRecord, StoreChange};
@@ -59,8 +63,20 @@ impl Authority {
                 }
             });
         }
+        // A slow poll backs the notifications up (DESIGN §11): a newer CRL found this way
+        // means notifications went missing, so the OCSP cache goes too.
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.tick().await;
         loop {
-            let change = match rx.recv().await {
+            let received = tokio::select! {
+                r = rx.recv() => r,
+                _ = poll.tick() => {
+                    self.poll_store().await;
+                    continue;
+                }
+            };
+            let change = match received {
                 Ok(c) => c,
                 Err(RecvError::Lagged(n)) => {
                     tracing::warn!(
@@ -108,19 +124,34 @@ impl Authority {
         }
     }
 
+    /// The periodic check: issuers and CRLs other nodes made that no notification announced.
+    async fn poll_store(self: &Arc<Self>) {
+        self.adopt_cluster_issuers().await;
+        let ids: Vec<String> = self.issuer_set().by_id.keys().cloned().collect();
+        let mut missed = false;
+        for id in ids {
+            missed |= self.adopt_stored_crl(&id, None).await;
+        }
+        if missed {
+            tracing::warn!("found a CRL no notification announced; dropping the OCSP cache");
+            self.ocsp.invalidate_all();
+        }
+    }
+
     /// Serves the store's newest CRL of `issuer_id` if it is newer than the one this node
-    /// serves (`number`: the one announced, to skip the read when it is not newer).
-    async fn adopt_stored_crl(self: &Arc<Self>, issuer_id: &str, number: Option<u64>) {
+    /// serves (`number`: the one announced, to skip the read when it is not newer). Returns
+    /// whether it was newer.
+    async fn adopt_stored_crl(self: &Arc<Self>, issuer_id: &str, number: Option<u64>) -> bool {
         if !self.issuer_set().by_id.contains_key(issuer_id) {
             // An issuer this node has not adopted yet: its reload reads the CRL.
-            return;
+            return false;
         }
         let sender = self.crl_sender(issuer_id);
         let current = sender.borrow().as_ref().map(|c| c.number);
         if let (Some(n), Some(cur)) = (number, current)
             && cur >= n
         {
-            return;
+            return false;
         }
         let store = self.store.clone();
         let id = issuer_id.to_owned();
@@ -160,10 +191,12 @@ impl Authority {
                     record_crl_metrics(&record);
                     tracing::info!(issuer = %record.issuer_id, number = record.number, "serving the CRL another node published");
                 }
+                newer
             }
-            Ok(None) => {}
+            Ok(None) => false,
             Err(e) => {
-                tracing::warn!(issuer = %issuer_id, error = %e, "reading another node's CRL failed")
+                tracing::warn!(issuer = %issuer_id, error = %e, "reading another node's CRL failed");
+                false
             }
         }
     }
