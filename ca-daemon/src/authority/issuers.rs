@@ -105,6 +105,15 @@ impl Authority {
             if behind || existing.get(&issuer.id).map(|r| r.state) == Some(state) {
                 continue;
             }
+            // Nor does it record a state for an issuer newer than its own active one (one
+            // another node just rotated to): that node records it as active.
+            if self.shared_store()
+                && set.by_id.get(&set.active).is_some_and(|mine| {
+                    (issuer.not_before, &issuer.id) > (mine.not_before, &mine.id)
+                })
+            {
+                continue;
+            }
             let record = IssuerRecord {
                 version: 1,
                 id: issuer.id.clone(),
