@@ -257,7 +257,6 @@ pub async fn run_db_health(
     store: Arc<dyn Store>,
     crl_blocked: impl Fn() -> bool + Send + 'static,
 ) {
-    use tonic_health::ServingStatus;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last: (Option<bool>, Option<bool>) = (None, None);
     loop {
@@ -282,27 +281,21 @@ pub async fn run_db_health(
                     "database unreachable: enrollment NOT_SERVING; CRLs and cached OCSP answers are served from memory"
                 );
             }
-            let status = if reachable {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            reporter
-                .set_service_status(crate::storage::ENROLLMENT_SERVICE, status)
-                .await;
-            last.0 = Some(reachable);
         }
-        if last.1 != Some(revocation_ok) {
-            let status = if revocation_ok {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            reporter
-                .set_service_status(crate::storage::REVOCATION_SERVICE, status)
-                .await;
-            last.1 = Some(revocation_ok);
-        }
+        crate::storage::set_health(
+            &reporter,
+            crate::storage::ENROLLMENT_SERVICE,
+            reachable,
+            &mut last.0,
+        )
+        .await;
+        crate::storage::set_health(
+            &reporter,
+            crate::storage::REVOCATION_SERVICE,
+            revocation_ok,
+            &mut last.1,
+        )
+        .await;
     }
 }
 

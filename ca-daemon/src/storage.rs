@@ -193,17 +193,7 @@ pub async fn health_monitor(
             }
             last.0 = Some(enrollment_ok);
         }
-        if last.1 != Some(revocation_ok) {
-            let status = if revocation_ok {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            reporter
-                .set_service_status(REVOCATION_SERVICE, status)
-                .await;
-            last.1 = Some(revocation_ok);
-        }
+        set_health(&reporter, REVOCATION_SERVICE, revocation_ok, &mut last.1).await;
         if failed && room {
             tracing::warn!(
                 free_bytes = free.unwrap_or(0),
@@ -262,4 +252,23 @@ mod tests {
         std::fs::write(dir.path().join("sub/b"), [0u8; 24]).expect("write");
         assert_eq!(dir_size(dir.path()), 1024);
     }
+}
+
+/// Sets a gRPC health status when it changed since `last`.
+pub async fn set_health(
+    reporter: &tonic_health::server::HealthReporter,
+    service: &str,
+    ok: bool,
+    last: &mut Option<bool>,
+) {
+    if *last == Some(ok) {
+        return;
+    }
+    let status = if ok {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    reporter.set_service_status(service, status).await;
+    *last = Some(ok);
 }

@@ -124,7 +124,7 @@ async fn crl_publication(
 
 /// Revocation reach over two nodes, each with its own gateway: time from the Revoke call (on
 /// alternating nodes) until **both** gateways refuse.
-async fn reach(work: &Path, nodes: &[&Daemon], n: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
+async fn reach(nodes: &[&Daemon], n: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
     let mut gateways = Vec::new();
     for d in nodes {
         let dev = d.dev_dir();
@@ -138,7 +138,6 @@ async fn reach(work: &Path, nodes: &[&Daemon], n: usize) -> Result<(Vec<Duration
         );
         gateways.push(Gateway::start(cfg).await.map_err(failed("start gateway"))?);
     }
-    let _ = work;
     let first = nodes[0];
     let tickets = common::create_tickets(first, v1::TargetOs::Android, 600_000, n, 4).await?;
     let mut enroll = first.enrollment("portal").await?;
@@ -150,15 +149,7 @@ async fn reach(work: &Path, nodes: &[&Daemon], n: usize) -> Result<(Vec<Duration
             .await
             .map_err(rpc("RedeemTicket"))?
             .into_inner();
-        let pfx = p12::PFX::parse(&r.pkcs12)
-            .map_err(|e| BenchError::Failed(format!("parse bundle: {e:?}")))?;
-        let key = pfx
-            .key_bags(&t.password)
-            .map_err(|e| BenchError::Failed(format!("bundle key: {e:?}")))?
-            .into_iter()
-            .next()
-            .ok_or_else(|| BenchError::Failed("bundle without key".into()))?;
-        let issuer: Vec<Vec<u8>> = r.chain_der.first().cloned().into_iter().collect();
+        let (key, issuer) = crate::reach::bundle_key_and_issuer(&r, &t.password)?;
         for (g, gw) in gateways.iter().enumerate() {
             let config = gateway::client_config_for_device(
                 &gw.server_cert_der(),
@@ -240,7 +231,7 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
 
     // 2. Reach over two nodes.
     let node1 = start(work, &pg_dir, Some(&db))?;
-    let (every, each) = reach(work, &[&node0, &node1], reach_n).await?;
+    let (every, each) = reach(&[&node0, &node1], reach_n).await?;
 
     // 3. CRL with 100,000 entries read from PostgreSQL.
     let (pg_crl_s, pg_crl_bytes) = crl_publication(&mut node0, crl_n, 3, false).await?;

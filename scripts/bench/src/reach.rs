@@ -115,6 +115,23 @@ pub(crate) async fn poll_until_refused(
     Ok((first, polls.load(std::sync::atomic::Ordering::Relaxed)))
 }
 
+/// The device key (PKCS#8, out of the PKCS#12 with the p12 crate) and the issuing CA of a
+/// redemption: what the device presents to a gateway.
+pub(crate) fn bundle_key_and_issuer(
+    r: &v1::RedeemTicketResponse,
+    password: &str,
+) -> Result<(Vec<u8>, Vec<Vec<u8>>)> {
+    let pfx = p12::PFX::parse(&r.pkcs12)
+        .map_err(|e| BenchError::Failed(format!("parse bundle: {e:?}")))?;
+    let key = pfx
+        .key_bags(password)
+        .map_err(|e| BenchError::Failed(format!("bundle key: {e:?}")))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| BenchError::Failed("bundle without key".into()))?;
+    Ok((key, r.chain_der.first().cloned().into_iter().collect()))
+}
+
 /// Runs the revocation-reach benchmark.
 pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
     let n = match mode {
@@ -145,15 +162,7 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
             .await
             .map_err(rpc("RedeemTicket"))?
             .into_inner();
-        let pfx = p12::PFX::parse(&r.pkcs12)
-            .map_err(|e| BenchError::Failed(format!("parse bundle: {e:?}")))?;
-        let key = pfx
-            .key_bags(&t.password)
-            .map_err(|e| BenchError::Failed(format!("bundle key: {e:?}")))?
-            .into_iter()
-            .next()
-            .ok_or_else(|| BenchError::Failed("bundle without key".into()))?;
-        let issuer: Vec<Vec<u8>> = r.chain_der.first().cloned().into_iter().collect();
+        let (key, issuer) = bundle_key_and_issuer(&r, &t.password)?;
         let config = gateway::client_config_for_device(&gw_cert, &r.certificate_der, &issuer, &key)
             .map_err(failed("device client config"))?;
         devices.push(DeviceCert {
