@@ -1336,7 +1336,7 @@ impl Store for PgStore {
                     .await?;
                 }
                 tx.execute(
-                    "DELETE FROM crls WHERE issuer_id = $1 AND number <= $2 - $3",
+                    "DELETE FROM crls WHERE issuer_id = $1 AND number <= $2::bigint - $3::bigint",
                     &[&crl.issuer_id, &number, &CRL_HISTORY],
                 )
                 .await?;
