@@ -26,16 +26,10 @@ use crate::{HarnessError, io};
 pub const USER: &str = "ca";
 
 /// How to run the cluster.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct PgClusterOptions {
     /// Keep `fsync` on (benchmarks); off by default.
     pub fsync: bool,
-}
-
-impl Default for PgClusterOptions {
-    fn default() -> Self {
-        Self { fsync: false }
-    }
 }
 
 /// A running throw-away PostgreSQL cluster.

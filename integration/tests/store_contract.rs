@@ -688,3 +688,408 @@ fn pg_store_keeps_the_contract() {
     assert_eq!(s.kind(), "postgresql");
     contract(Arc::new(s));
 }
+
+// ---- PostgreSQL only
+
+fn populated_pg(cluster: &PgCluster) -> (PgDatabase, Arc<PgStore>) {
+    let (db, s) = pg_store(cluster);
+    let s = Arc::new(s);
+    s.put_issuer(&issuer("iss-1"), ev("issuer.create", "iss-1"))
+        .expect("issuer");
+    (db, s)
+}
+
+#[test]
+fn migrations_race_and_a_newer_schema_is_refused() {
+    let cluster = shared_cluster();
+    let db = cluster.create_database().expect("db");
+    let opts = options(&db);
+    let barrier = Arc::new(Barrier::new(4));
+    let racers: Vec<_> = (0..4)
+        .map(|_| {
+            let (opts, barrier) = (opts.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                PgStore::connect(&opts).map(drop)
+            })
+        })
+        .collect();
+    for r in racers {
+        r.join().expect("thread").expect("every racer connects");
+    }
+    assert_eq!(
+        cluster
+            .psql(&db.name, "SELECT count(*) FROM schema_version")
+            .expect("psql"),
+        "1"
+    );
+    cluster
+        .psql(&db.name, "INSERT INTO schema_version (version) VALUES (99)")
+        .expect("psql");
+    let err = PgStore::connect(&opts)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("schema version 99") && err.contains("schema version 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn audit_verify_finds_a_deleted_and_an_altered_row() {
+    let cluster = shared_cluster();
+    let (db, s) = populated_pg(cluster);
+    for i in 0..5 {
+        s.append_audit(ev("test.entry", &format!("e{i}")))
+            .expect("append");
+    }
+    assert!(s.verify_audit().expect("verify").ok);
+    cluster
+        .psql(
+            &db.name,
+            "UPDATE audit SET detail = 'nothing happened' WHERE seq = 3",
+        )
+        .expect("psql");
+    let v = s.verify_audit().expect("verify");
+    assert!(!v.ok && v.first_bad_entry == Some(3), "{v:?}");
+    assert!(v.problem.unwrap_or_default().contains("altered"));
+
+    let (db, s) = populated_pg(cluster);
+    for i in 0..5 {
+        s.append_audit(ev("test.entry", &format!("e{i}")))
+            .expect("append");
+    }
+    cluster
+        .psql(&db.name, "DELETE FROM audit WHERE seq = 4")
+        .expect("psql");
+    let v = s.verify_audit().expect("verify");
+    assert!(!v.ok && v.first_bad_entry == Some(4), "{v:?}");
+    // The last row deleted: the recorded head tells.
+    cluster
+        .psql(&db.name, "DELETE FROM audit WHERE seq >= 4")
+        .expect("psql");
+    let v = s.verify_audit().expect("verify");
+    assert!(!v.ok, "{v:?}");
+}
+
+#[test]
+fn two_stores_on_one_database_see_each_other_and_get_notified() {
+    // Its own cluster: it restarts PostgreSQL.
+    let cluster = PgCluster::start_new().expect("start PostgreSQL");
+    let (db, a) = populated_pg(&cluster);
+    let b = PgStore::connect(&options(&db)).expect("second node");
+    let mut changes = b.subscribe().expect("PostgreSQL notifies");
+    let wait_for = |changes: &mut tokio::sync::broadcast::Receiver<StoreChange>,
+                    want: &dyn Fn(&StoreChange) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            match changes.try_recv() {
+                Ok(c) if want(&c) => return true,
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        false
+    };
+    assert!(
+        wait_for(&mut changes, &|c| *c == StoreChange::Resync),
+        "first Resync"
+    );
+
+    // A redemption on A is visible on B; wrong passwords count across both.
+    let c = issue(&*a, "50000001", "ab0001", ("f-m", "p-m", "d-m"));
+    assert_eq!(
+        b.ticket("50000001").expect("get").map(|t| t.state),
+        Some(TicketState::Redeemed)
+    );
+    assert_eq!(b.certificate(&c.serial).expect("get"), Some(c.clone()));
+    let t = ticket("50000002", 2, ("f-m", "p-m", "d-m2"));
+    b.create_ticket(&t, ev("ticket.create", &t.number))
+        .expect("create on B");
+    for (i, s) in [&*a as &dyn Store, &b, &*a, &b, &*a]
+        .into_iter()
+        .enumerate()
+    {
+        let after = s
+            .record_failed_attempt(&t.number, 5, now(), ev("ticket.locked", &t.number))
+            .expect("count");
+        assert_eq!(after.failed_attempts, i as u32 + 1);
+    }
+    assert_eq!(
+        a.ticket(&t.number).expect("get").map(|t| t.state),
+        Some(TicketState::Locked)
+    );
+
+    // A revocation on A is told to B, with its serial.
+    a.revoke(
+        &RevokeTarget::Serial(c.serial.clone()),
+        &revocation(RevocationReason::KeyCompromise),
+        ev("certificate.revoke", &c.serial),
+    )
+    .expect("revoke");
+    let serial = c.serial.clone();
+    assert!(
+        wait_for(&mut changes, &|ch| matches!(ch,
+            StoreChange::Revoked { issuer_id, serials } if issuer_id == "iss-1" && serials == &[serial.clone()])),
+        "revocation notification"
+    );
+    a.save_crl(
+        &CrlRecord {
+            version: RECORD_VERSION,
+            issuer_id: "iss-1".into(),
+            number: a.reserve_crl_number("iss-1").expect("reserve"),
+            this_update: now(),
+            next_update: now() + time::Duration::hours(1),
+            der: vec![1],
+        },
+        ev("crl.publish", "iss-1"),
+    )
+    .expect("save");
+    assert!(
+        wait_for(&mut changes, &|ch| matches!(
+            ch,
+            StoreChange::Crl { number: 1, .. }
+        )),
+        "CRL notification"
+    );
+    // Both nodes append to one chain.
+    let v = b.verify_audit().expect("verify");
+    assert!(v.ok, "{v:?}");
+
+    // After PostgreSQL restarts, B's listener reconnects and says Resync; both work again
+    // without a new store.
+    cluster.restart().expect("restart");
+    assert!(
+        wait_for(&mut changes, &|c| *c == StoreChange::Resync),
+        "Resync after restart"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match a.append_audit(ev("test.after_restart", "a")) {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("A does not recover: {e}"),
+        }
+    }
+    assert!(b.verify_audit().expect("verify").ok);
+}
+
+#[test]
+fn publication_lock_excludes_another_node_until_released_or_its_store_dropped() {
+    let cluster = shared_cluster();
+    let (db, a) = populated_pg(cluster);
+    let b = Arc::new(PgStore::connect(&options(&db)).expect("second node"));
+    let try_on_b = |b: &Arc<PgStore>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let b = b.clone();
+        let h = std::thread::spawn(move || {
+            let g = b.publication_lock("iss-1").expect("lock on B");
+            let _ = tx.send(());
+            drop(g);
+        });
+        (rx, h)
+    };
+    let held = a.publication_lock("iss-1").expect("lock on A");
+    let (rx, h) = try_on_b(&b);
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "B got a held lock"
+    );
+    drop(held);
+    assert!(
+        rx.recv_timeout(Duration::from_secs(10)).is_ok(),
+        "not released on drop"
+    );
+    h.join().expect("thread");
+
+    // The holder's store goes away with the guard still alive: PostgreSQL ends the session
+    // and with it the lock.
+    let c = PgStore::connect(&options(&db)).expect("third node");
+    let leaked = c.publication_lock("iss-1").expect("lock on C");
+    let (rx, h) = try_on_b(&b);
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "B got a held lock"
+    );
+    drop(c);
+    assert!(
+        rx.recv_timeout(Duration::from_secs(10)).is_ok(),
+        "not released with the store"
+    );
+    h.join().expect("thread");
+    drop(leaked);
+    drop(a);
+}
+
+#[test]
+fn a_call_while_postgresql_is_down_is_unavailable_and_works_again_after_start() {
+    let cluster = PgCluster::start_new().expect("start PostgreSQL");
+    let (_db, s) = populated_pg(&cluster);
+    assert!(s.ticket("00000001").expect("up").is_none());
+    cluster.stop().expect("stop");
+    let started = Instant::now();
+    let err = s.ticket("00000001").err();
+    assert!(
+        matches!(err, Some(StoreError::Unavailable { .. })),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = s.append_audit(ev("test.down", "x")).err();
+    assert!(
+        matches!(err, Some(StoreError::Unavailable { .. })),
+        "{err:?}"
+    );
+    cluster.start().expect("start");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.ticket("00000001").is_err() {
+        assert!(Instant::now() < deadline, "no recovery");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.append_audit(ev("test.up", "x"))
+        .expect("append after start");
+    assert!(s.verify_audit().expect("verify").ok);
+}
+
+/// Fills a store with a bit of everything.
+fn populate(s: &dyn Store) {
+    let c1 = issue(s, "60000001", "0a01", ("f-b", "p-b", "d-b1"));
+    issue(s, "60000002", "0a02", ("f-b", "p-b", "d-b2"));
+    s.revoke(
+        &RevokeTarget::Serial(c1.serial.clone()),
+        &revocation(RevocationReason::KeyCompromise),
+        ev("certificate.revoke", &c1.serial),
+    )
+    .expect("revoke");
+    let t = ticket("60000003", 3, ("f-b", "p-b", "d-b2"));
+    s.create_renewal_ticket(&t, "0a02", ev("ticket.create", &t.number))
+        .expect("renewal");
+    let n = s.reserve_crl_number("iss-1").expect("reserve");
+    s.save_crl(
+        &CrlRecord {
+            version: RECORD_VERSION,
+            issuer_id: "iss-1".into(),
+            number: n,
+            this_update: now(),
+            next_update: now() + time::Duration::hours(1),
+            der: vec![3, 3],
+        },
+        ev("crl.publish", "iss-1"),
+    )
+    .expect("crl");
+    s.put_key_blob(
+        "issuers/iss-1.key.sealed",
+        b"sealed",
+        ev("key.put", "iss-1"),
+    )
+    .expect("blob");
+    s.reinstate_revocations(
+        "iss-1",
+        &[RevokedEntry {
+            serial: "0aff".into(),
+            not_after: now() + time::Duration::days(30),
+            revocation: revocation(RevocationReason::KeyCompromise),
+        }],
+        "cli:test",
+    )
+    .expect("reinstate");
+}
+
+fn same_content(a: &dyn Store, b: &dyn Store) {
+    assert_eq!(
+        a.audit_entries(1, 100_000).expect("a"),
+        b.audit_entries(1, 100_000).expect("b")
+    );
+    assert_eq!(
+        a.durable_audit_head().expect("a"),
+        b.durable_audit_head().expect("b")
+    );
+    let all = CertFilter::default();
+    assert_eq!(
+        a.list_certificates(&all, None, 1000).expect("a"),
+        b.list_certificates(&all, None, 1000).expect("b")
+    );
+    assert_eq!(
+        a.revocation_entries("iss-1").expect("a"),
+        b.revocation_entries("iss-1").expect("b")
+    );
+    assert_eq!(a.issuers().expect("a"), b.issuers().expect("b"));
+    assert_eq!(
+        a.latest_crl("iss-1").expect("a"),
+        b.latest_crl("iss-1").expect("b")
+    );
+    assert_eq!(a.key_blobs().expect("a"), b.key_blobs().expect("b"));
+    for n in ["60000001", "60000002", "60000003"] {
+        assert_eq!(a.ticket(n).expect("a"), b.ticket(n).expect("b"));
+        assert_eq!(
+            a.ticket_renews(n).expect("a"),
+            b.ticket_renews(n).expect("b")
+        );
+    }
+    assert_eq!(
+        a.reserve_crl_number("iss-1").expect("a"),
+        b.reserve_crl_number("iss-1").expect("b")
+    );
+}
+
+#[test]
+fn backup_into_sled_and_copy_back_keep_everything_and_the_chain() {
+    let cluster = shared_cluster();
+    let (_db, pg) = populated_pg(cluster);
+    populate(&*pg);
+    let dir = tempfile::tempdir().expect("tmp");
+    let backup = dir.path().join("backup");
+    pg.backup_to(&backup).expect("backup");
+    assert!(matches!(
+        pg.backup_to(&backup),
+        Err(StoreError::TargetExists { .. })
+    ));
+    let sled = SledStore::open(&backup).expect("open the backup");
+    assert!(sled.verify_audit().expect("verify").ok);
+    same_content(&*pg, &sled);
+
+    // And back: the sled copy into a fresh database, chain intact.
+    let (_db2, target) = pg_store(cluster);
+    let summary = target
+        .import_image(|sink| sled.export_image(sink), |_, _| {})
+        .expect("import");
+    assert_eq!(summary.audit_head, sled.durable_audit_head().expect("head"));
+    assert!(summary.rows.get("audit").is_some_and(|n| *n > 5));
+    assert!(target.verify_audit().expect("verify").ok);
+    same_content(&sled, &target);
+    // A non-empty target is refused, and left as it was.
+    let err = target
+        .import_image(|sink| sled.export_image(sink), |_, _| {})
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("not empty"), "{err}");
+    assert!(target.verify_audit().expect("verify").ok);
+    // A source that fails midway imports nothing.
+    let (_db3, empty) = pg_store(cluster);
+    let err = empty
+        .import_image(
+            |sink| {
+                sled.export_image(|row| {
+                    if matches!(row, ImageRow::Audit(ref e) if e.seq == 3) {
+                        return Err(StoreError::Invalid {
+                            kind: "test",
+                            detail: "source broke".into(),
+                        });
+                    }
+                    sink(row)
+                })
+            },
+            |_, _| {},
+        )
+        .err();
+    assert!(matches!(err, Some(StoreError::Invalid { .. })), "{err:?}");
+    assert_eq!(empty.first_nonempty_table().expect("empty"), None);
+}

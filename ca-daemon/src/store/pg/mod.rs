@@ -428,7 +428,7 @@ impl Drop for PgLockGuard {
         let Some(obj) = self.obj.take() else { return };
         let key = self.key;
         // If the runtime is gone, so is the connection (and with it the lock).
-        let _ = self.handle.spawn(async move {
+        drop(self.handle.spawn(async move {
             let unlocked = obj
                 .query_one(
                     "SELECT pg_advisory_unlock($1, $2)",
@@ -442,7 +442,7 @@ impl Drop for PgLockGuard {
                 // Never hand a connection that may still hold the lock back to the pool.
                 drop(deadpool_postgres::Object::take(obj));
             }
-        });
+        }));
     }
 }
 
