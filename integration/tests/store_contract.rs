@@ -831,7 +831,7 @@ fn two_stores_on_one_database_see_each_other_and_get_notified() {
     let serial = c.serial.clone();
     assert!(
         wait_for(&mut changes, &|ch| matches!(ch,
-            StoreChange::Revoked { issuer_id, serials } if issuer_id == "iss-1" && serials == &[serial.clone()])),
+            StoreChange::Revoked { issuer_id, serials } if issuer_id == "iss-1" && serials == std::slice::from_ref(&serial))),
         "revocation notification"
     );
     a.save_crl(
@@ -1092,4 +1092,72 @@ fn backup_into_sled_and_copy_back_keep_everything_and_the_chain() {
         .err();
     assert!(matches!(err, Some(StoreError::Invalid { .. })), "{err:?}");
     assert_eq!(empty.first_nonempty_table().expect("empty"), None);
+}
+
+#[test]
+fn store_copy_cli_moves_a_sled_store_and_refuses_a_non_empty_target() {
+    let cluster = shared_cluster();
+    let data = tempfile::tempdir().expect("tmp");
+    {
+        let sled = SledStore::open(&data.path().join("store")).expect("sled");
+        sled.put_issuer(&issuer("iss-1"), ev("issuer.create", "iss-1"))
+            .expect("issuer");
+        populate(&sled);
+        for i in 0..30 {
+            issue(
+                &sled,
+                &format!("7{i:07}"),
+                &format!("0b{i:02}"),
+                ("f-c", "p-c", "d-c"),
+            );
+        }
+    }
+    let db = cluster.create_database().expect("db");
+    let bin = integration::daemon_bin().expect("ca-daemon binary");
+    let copy = || {
+        std::process::Command::new(&bin)
+            .args(["store", "copy", "--from"])
+            .arg(data.path())
+            .args(["--to", &db.url, "--store-password-file"])
+            .arg(&db.password_file)
+            .args(["--progress-every", "20"])
+            .output()
+            .expect("run ca-daemon store copy")
+    };
+    let out = copy();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("rows copied"), "{stdout}");
+    assert!(stdout.contains("audit chain intact"), "{stdout}");
+    let sled = SledStore::open(&data.path().join("store")).expect("sled");
+    let pg = PgStore::connect(&options(&db)).expect("connect");
+    assert!(pg.verify_audit().expect("verify").ok);
+    same_content(&sled, &pg);
+    drop(sled);
+    // Again: the target now has rows.
+    let out = copy();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("not empty"), "{stderr}");
+    // A password inside the URL is refused and never echoed.
+    let out = std::process::Command::new(&bin)
+        .args(["store", "copy", "--from"])
+        .arg(data.path())
+        .args(["--to", "postgresql://ca:hunter2@127.0.0.1:1/x"])
+        .output()
+        .expect("run");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success() && all.contains("--store-password-file"),
+        "{all}"
+    );
+    assert!(!all.contains("hunter2"), "{all}");
 }
