@@ -40,10 +40,12 @@
 //! plus offset, exactly as hashed.
 //!
 //! # Publication lock
-//! [`Store::publication_lock`] takes a session `pg_advisory_lock` on a dedicated pooled
-//! connection, held by the returned guard; dropping the guard unlocks it (and a connection
-//! that cannot be unlocked is closed rather than returned to the pool). If the node dies,
-//! PostgreSQL releases the lock with the session.
+//! [`Store::publication_lock`] takes a session advisory lock (`pg_try_advisory_lock`, polled,
+//! so no blocking lock request is ever left running on a pooled connection after a timeout) on
+//! a dedicated pooled connection, held by the returned guard; dropping the guard unlocks it
+//! (and a connection that cannot be unlocked is closed rather than returned to the pool). If
+//! the node dies, PostgreSQL releases the lock with the session. Waiting is bounded by the
+//! call timeout (`Unavailable`).
 //!
 //! # Notifications
 //! Each mutating transaction calls `pg_notify('ca_changes', payload)` inside the transaction,
@@ -396,22 +398,47 @@ impl PgStore {
     fn lock_publication(&self, issuer_id: &str) -> Result<PublicationLock, StoreError> {
         let key = issuer_lock_key(issuer_id);
         let pool = self.pool.clone();
-        let obj = self.run(async move {
+        let handle = self.handle.clone();
+        let id = issuer_id.to_owned();
+        // Within the call timeout, with a margin so that our own message wins.
+        let patience = self
+            .opts
+            .call_timeout
+            .saturating_sub(Duration::from_secs(1));
+        // pg_try_advisory_lock, polled: a blocking pg_advisory_lock left running when the
+        // call times out would take the lock later on a connection back in the pool. The
+        // guard exists as soon as the lock does, so a dropped future unlocks it.
+        let guard = self.run(async move {
             let client = pool.get().await.map_err(|e| Fail::from(e).into_store())?;
-            client
-                .execute(
-                    "SELECT pg_advisory_lock($1, $2)",
-                    &[&PUBLICATION_LOCK_CLASS, &key],
-                )
-                .await
-                .map_err(|e| pg_error(&e))?;
-            Ok(client)
+            let started = tokio::time::Instant::now();
+            let mut pause = Duration::from_millis(10);
+            loop {
+                let got: bool = client
+                    .query_one(
+                        "SELECT pg_try_advisory_lock($1, $2)",
+                        &[&PUBLICATION_LOCK_CLASS, &key],
+                    )
+                    .await
+                    .and_then(|r| r.try_get(0))
+                    .map_err(|e| pg_error(&e))?;
+                if got {
+                    return Ok(PgLockGuard {
+                        obj: Some(client),
+                        handle,
+                        key,
+                    });
+                }
+                if started.elapsed() >= patience {
+                    return Err(StoreError::Unavailable {
+                        detail: format!(
+                            "the publication lock of {id} has been held elsewhere for {patience:?}"
+                        ),
+                    });
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
         })?;
-        let guard = PgLockGuard {
-            obj: Some(obj),
-            handle: self.handle.clone(),
-            key,
-        };
         Ok(PublicationLock::new(issuer_id, Box::new(guard)))
     }
 }
