@@ -649,14 +649,12 @@ pub(crate) fn parse_change(payload: &str) -> Option<StoreChange> {
 
 /// Sends `change` to every node when the transaction of `client` commits.
 pub(crate) async fn notify(
-    client: &tokio_postgres::Transaction<'_>,
+    client: &deadpool_postgres::Transaction<'_>,
     change: &StoreChange,
 ) -> Result<(), Fail> {
+    let st = client.prepare_cached("SELECT pg_notify($1, $2)").await?;
     client
-        .execute(
-            "SELECT pg_notify($1, $2)",
-            &[&CHANNEL, &encode_change(change)],
-        )
+        .execute(&st, &[&CHANNEL, &encode_change(change)])
         .await?;
     Ok(())
 }
