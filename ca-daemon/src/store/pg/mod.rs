@@ -98,7 +98,7 @@ pub struct PgOptions {
     display: String,
     /// Connections in the pool.
     pub pool_size: usize,
-    /// Bound on connecting (and on waiting for a pooled connection).
+    /// Bound on connecting (a new connection of the pool, the listener's).
     pub connect_timeout: Duration,
     /// Bound on a whole call (connect, statements, commit).
     pub call_timeout: Duration,
@@ -352,7 +352,8 @@ impl PgStore {
             Pool::builder(manager)
                 .max_size(opts.pool_size.max(1))
                 .runtime(deadpool_postgres::Runtime::Tokio1)
-                .wait_timeout(Some(opts.connect_timeout))
+                // Waiting for a free connection is load, not an outage: the call's bound.
+                .wait_timeout(Some(opts.call_timeout))
                 .create_timeout(Some(opts.connect_timeout))
                 .recycle_timeout(Some(opts.connect_timeout))
                 .build()
