@@ -738,6 +738,27 @@ mod tests {
         assert!(parse_change("{}").is_none() && parse_change("nope").is_none());
     }
 
+    proptest::proptest! {
+        /// Whatever is revoked, a notification stays under PostgreSQL's 8000-byte limit and
+        /// tells either exactly the serials or "many" (empty).
+        #[test]
+        fn revoked_payloads_fit_and_round_trip(
+            issuer in "[a-z0-9-]{1,64}",
+            serials in proptest::collection::vec("[0-9a-f]{1,40}", 0..600),
+        ) {
+            let c = StoreChange::Revoked { issuer_id: issuer.clone(), serials: serials.clone() };
+            let p = encode_change(&c);
+            proptest::prop_assert!(p.len() < 8000, "{} bytes", p.len());
+            match parse_change(&p) {
+                Some(StoreChange::Revoked { issuer_id, serials: got }) => {
+                    proptest::prop_assert_eq!(issuer_id, issuer);
+                    proptest::prop_assert!(got == serials || got.is_empty());
+                }
+                other => proptest::prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn key_hash_is_stable() {
         assert_eq!(issuer_lock_key("a"), issuer_lock_key("a"));
