@@ -113,6 +113,13 @@ pub fn check_room() -> Result<(), CaError> {
 /// Classifies a store error: a failing storage engine or file system (as opposed to bad
 /// data) marks the state failed and becomes UNAVAILABLE; `None` for other errors.
 pub fn storage_failure(e: &StoreError) -> Option<CaError> {
+    // A database that cannot be reached is not a failed local write: the store reconnects by
+    // itself, so nothing is marked failed (no restart), the call is just UNAVAILABLE.
+    if let StoreError::Unavailable { detail } = e {
+        return Some(CaError::Unavailable(format!(
+            "the database is unavailable ({detail}); retry later"
+        )));
+    }
     let failing = match e {
         StoreError::Backend { source } => matches!(source, ::sled::Error::Io(_)),
         StoreError::Io { .. } => true,
@@ -232,6 +239,16 @@ mod tests {
         assert!(storage_failure(&e).is_none());
         let e = StoreError::Backend {
             source: ::sled::Error::Unsupported("x".into()),
+        };
+        assert!(storage_failure(&e).is_none());
+        // An unreachable database is UNAVAILABLE but not a failed write (no restart).
+        let e = StoreError::Unavailable {
+            detail: "connection refused".into(),
+        };
+        assert!(matches!(storage_failure(&e), Some(CaError::Unavailable(_))));
+        assert!(!is_failed());
+        let e = StoreError::Database {
+            detail: "syntax".into(),
         };
         assert!(storage_failure(&e).is_none());
     }

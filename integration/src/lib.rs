@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod gateway;
+pub mod pg;
 pub mod tools;
 
 use std::net::{SocketAddr, TcpListener};

@@ -22,6 +22,8 @@
 //! [`IssuerState`] are stored by variant position: **append new variants only**.
 //! Time fields are stored with full nanosecond precision and their offset.
 
+pub mod image;
+pub mod pg;
 pub mod sled;
 
 use std::fmt;
@@ -32,6 +34,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+pub use self::pg::{PgOptions, PgStore};
 pub use self::sled::SledStore;
 pub use crate::audit::{AuditEntry, AuditEvent, AuditVerification, ChainHead};
 
@@ -447,6 +450,79 @@ pub enum StoreError {
         /// The error.
         source: std::io::Error,
     },
+    /// The database cannot be reached (connection refused or lost, timeout): retry later.
+    /// The daemon answers UNAVAILABLE. Never carries query parameters.
+    #[error("database unavailable: {detail}")]
+    Unavailable {
+        /// What failed (no parameters, no secrets).
+        detail: String,
+    },
+    /// The database refused a statement for another reason (INTERNAL). Never carries query
+    /// parameters (password MACs, DER).
+    #[error("database error: {detail}")]
+    Database {
+        /// What failed (no parameters, no secrets).
+        detail: String,
+    },
+}
+
+/// Held while one issuer's CRL is numbered, built, signed and saved (see
+/// [`Store::publication_lock`]); released on drop.
+pub struct PublicationLock {
+    issuer_id: String,
+    _held: Box<dyn Send>,
+}
+
+impl PublicationLock {
+    /// A lock on `issuer_id` that is released when `held` is dropped.
+    pub fn new(issuer_id: impl Into<String>, held: Box<dyn Send>) -> Self {
+        Self {
+            issuer_id: issuer_id.into(),
+            _held: held,
+        }
+    }
+
+    /// The issuer it locks.
+    pub fn issuer_id(&self) -> &str {
+        &self.issuer_id
+    }
+}
+
+impl fmt::Debug for PublicationLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublicationLock")
+            .field("issuer_id", &self.issuer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A change another node committed, as told by [`Store::subscribe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreChange {
+    /// Certificates of an issuer were revoked; `serials` empty means "many: re-read".
+    Revoked {
+        /// The issuer.
+        issuer_id: String,
+        /// The revoked serials, or empty.
+        serials: Vec<String>,
+    },
+    /// A CRL was saved.
+    Crl {
+        /// The issuer (or `root`).
+        issuer_id: String,
+        /// Its number.
+        number: u64,
+    },
+    /// An issuer was added or changed.
+    Issuers,
+    /// A key blob was added.
+    KeyBlobs,
+    /// A ticket changed.
+    Tickets,
+    /// Notifications may have been missed (after every (re)connect of the listener): re-read
+    /// everything cached.
+    Resync,
 }
 
 /// The daemon's storage, shaped by the domain. See the module doc for the guarantees.
@@ -660,6 +736,54 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a consistent snapshot of everything into `path` (a new store there) while the
     /// store keeps serving.
     fn backup_to(&self, path: &Path) -> Result<(), StoreError>;
+
+    // ---- several nodes (issue #15)
+    /// Excludes every other holder (in this process, and for PostgreSQL on every node) of the
+    /// publication lock of `issuer_id` until the returned guard is dropped: held while that
+    /// issuer's CRL is numbered, built, signed and saved.
+    fn publication_lock(&self, issuer_id: &str) -> Result<PublicationLock, StoreError>;
+
+    /// Changes committed by any node (including this one), for caches; `None` for a store
+    /// only one process can open (sled).
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<StoreChange>>;
+
+    /// The engine's name: `sled` or `postgresql`.
+    fn kind(&self) -> &'static str;
+
+    /// Stores a sealed or public file of the keys directory under its relative `name`
+    /// (see [`validate_key_blob_name`]), audited. The same name with identical bytes is a
+    /// no-op; with different bytes `Conflict`.
+    fn put_key_blob(&self, name: &str, blob: &[u8], event: AuditEvent) -> Result<(), StoreError>;
+
+    /// Every key blob, ordered by name.
+    fn key_blobs(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+}
+
+/// Checks a key blob name: a relative path of `[A-Za-z0-9._/-]`, no empty, `.` or `..`
+/// component, not absolute, at most 255 bytes.
+pub fn validate_key_blob_name(name: &str) -> Result<(), StoreError> {
+    let bad = |detail: &str| {
+        Err(StoreError::Invalid {
+            kind: "key blob name",
+            detail: detail.to_owned(),
+        })
+    };
+    if name.is_empty() || name.len() > 255 {
+        return bad("must be 1 to 255 bytes");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'))
+    {
+        return bad("only A-Z a-z 0-9 . _ / - are allowed");
+    }
+    if name
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return bad("must be a relative path without empty, . or .. components");
+    }
+    Ok(())
 }
 
 /// A stored record: serde-encodable and starting with its format version.

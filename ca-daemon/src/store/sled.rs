@@ -18,6 +18,7 @@
 //! | `renewals` | ticket number | `(version, serial it renews)` |
 //! | `renewed_by` | renewed serial | `(version, serial of the renewing certificate)` |
 //! | `supersede_due` | due (u64 BE, order-preserving) ‖ renewed serial | `(version, renewing serial)` |
+//! | `key_blobs` | relative file name | sealed or public file of the keys directory |
 //!
 //! ¹ `u32 BE length ‖ bytes`, so that one id is never a prefix of another's keys.
 //!
@@ -53,6 +54,9 @@ use super::{
 };
 use crate::audit::{self, ChainHead};
 
+mod image;
+mod multi;
+
 const TICKETS: usize = 0;
 const CERTS: usize = 1;
 const IDX_FACILITY: usize = 2;
@@ -68,10 +72,11 @@ const META: usize = 11;
 const RENEWALS: usize = 12;
 const RENEWED_BY: usize = 13;
 const SUPERSEDE_DUE: usize = 14;
+const KEY_BLOBS: usize = 15;
 
 /// Every tree of the store, by the index constants above. (Trees added later are simply
 /// empty in a store written before them, so the layout version stays.)
-const TREE_NAMES: [&str; 15] = [
+const TREE_NAMES: [&str; 16] = [
     "tickets",
     "certs",
     "idx_facility",
@@ -87,6 +92,7 @@ const TREE_NAMES: [&str; 15] = [
     "renewals",
     "renewed_by",
     "supersede_due",
+    "key_blobs",
 ];
 
 /// Version of the tree layout, kept in `meta` under `schema`.
@@ -119,6 +125,8 @@ struct Inner {
     path: PathBuf,
     /// False only for [`SledStore::open_for_bulk_load`]: writes return before they are durable.
     durable_writes: bool,
+    /// Per-issuer publication locks (one process).
+    publication: multi::PublicationLocks,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -218,6 +226,7 @@ impl SledStore {
                 flush: FlushCoordinator::default(),
                 path: path.to_owned(),
                 durable_writes,
+                publication: multi::PublicationLocks::default(),
             }),
         })
     }
@@ -758,12 +767,16 @@ impl Store for SledStore {
             Some((tree, id)) => {
                 for serial in self.index_serials(tree, id, after_serial) {
                     let serial = serial?;
-                    let cert = self.get::<CertRecord>(CERTS, &serial)?.ok_or_else(|| {
-                        StoreError::Corrupt {
-                            kind: "index",
-                            key: TREE_NAMES[tree].to_owned(),
-                            detail: format!("names certificate {serial}, which does not exist"),
-                        }
+                    let cert = self.get::<CertRecord>(CERTS, &serial)?;
+                    // The revoked index also holds serials known only by their revocation
+                    // (reinstated after a restore): no certificate to list.
+                    if cert.is_none() && tree == IDX_REVOKED {
+                        continue;
+                    }
+                    let cert = cert.ok_or_else(|| StoreError::Corrupt {
+                        kind: "index",
+                        key: TREE_NAMES[tree].to_owned(),
+                        detail: format!("names certificate {serial}, which does not exist"),
                     })?;
                     if filter.matches(&cert) && !self.renewed_excluded(filter, &cert)? {
                         out.push(cert);
@@ -1222,6 +1235,26 @@ impl Store for SledStore {
                 Ok((out, audited))
             })
         })
+    }
+
+    fn publication_lock(&self, issuer_id: &str) -> Result<super::PublicationLock, StoreError> {
+        Ok(self.inner.publication.lock(issuer_id))
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<super::StoreChange>> {
+        None
+    }
+
+    fn kind(&self) -> &'static str {
+        "sled"
+    }
+
+    fn put_key_blob(&self, name: &str, blob: &[u8], event: AuditEvent) -> Result<(), StoreError> {
+        self.put_key_blob_inner(name, blob, event)
+    }
+
+    fn key_blobs(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.key_blobs_inner()
     }
 
     fn backup_to(&self, path: &Path) -> Result<(), StoreError> {
