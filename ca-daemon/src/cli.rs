@@ -99,6 +99,31 @@ pub enum StoreCommand {
         after_help = "Example:\n  ca-daemon store reconcile --data-dir /var/lib/ca-daemon --passphrase-file /etc/ca-daemon/passphrase\n  ca-daemon store reconcile --data-dir ./var --crl iss-0a1b2c3d4e5f6a7b=gateway-copy.crl"
     )]
     Reconcile(StoreReconcileArgs),
+    /// Copy DATA_DIR's sled store (the daemon stopped) into an EMPTY PostgreSQL schema, with
+    /// the audit chain intact (same sequence numbers and hashes), then verify the chain there.
+    /// Refuses a target with any row in any table. Also restores a PostgreSQL store from a
+    /// `ca-daemon backup` archive (unpacked into a data dir's store/).
+    #[command(
+        after_help = "Example:\n  ca-daemon store copy --from /var/lib/ca-daemon --to postgresql://ca@db.internal:5432/ca --store-password-file /etc/ca-daemon/store-password"
+    )]
+    Copy(StoreCopyArgs),
+}
+
+/// `store copy`.
+#[derive(Debug, Args)]
+pub struct StoreCopyArgs {
+    /// Data directory whose store/ is copied (no daemon may be running on it).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Target database: postgresql://user@host:port/database (no password in it).
+    #[arg(long)]
+    pub to: String,
+    /// File with the database password (its first line).
+    #[arg(long)]
+    pub store_password_file: Option<PathBuf>,
+    /// Print a progress line every this many rows.
+    #[arg(long, default_value_t = 10_000)]
+    pub progress_every: u64,
 }
 
 /// `store create`.
@@ -737,6 +762,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 a.data_dir.display()
             );
             Ok(())
+        }
+        Command::Store(StoreCommand::Copy(a)) => {
+            tokio::task::spawn_blocking(move || store_copy(&a))
+                .await
+                .map_err(|e| CliError::new(e.to_string()))?
         }
         Command::Store(StoreCommand::Reconcile(a)) => {
             tokio::task::spawn_blocking(move || store_reconcile(&a))
@@ -1458,5 +1488,102 @@ async fn rotate(a: RotateArgs) -> Result<(), CliError> {
         .await?
         .into_inner();
     print_issuers(&list.issuers, a.client.json);
+    Ok(())
+}
+
+/// Reads a password file: its first line, without the line end.
+pub fn read_password_file(path: &Path) -> Result<zeroize::Zeroizing<String>, CliError> {
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+        CliError::new(format!(
+            "cannot read the password file {}: {e}",
+            path.display()
+        ))
+    })?);
+    Ok(zeroize::Zeroizing::new(
+        text.lines().next().unwrap_or_default().to_owned(),
+    ))
+}
+
+/// `store copy`: sled (a stopped daemon's data dir) into an empty PostgreSQL schema.
+fn store_copy(a: &StoreCopyArgs) -> Result<(), CliError> {
+    use crate::store::{PgOptions, PgStore, SledStore, Store};
+    let store_dir = crate::pki::Layout::new(&a.from).store_dir();
+    if !store_dir.join("conf").is_file() {
+        return Err(CliError::new(format!(
+            "no store in {} (expected the data dir of a ca-daemon, or an unpacked backup there)",
+            store_dir.display()
+        )));
+    }
+    let source = SledStore::open(&store_dir).map_err(|e| {
+        CliError::new(format!(
+            "cannot open {} (is the daemon still running on it?): {e}",
+            store_dir.display()
+        ))
+    })?;
+    let checked = source
+        .verify_audit()
+        .map_err(|e| CliError::new(format!("cannot verify the source's audit log: {e}")))?;
+    if !checked.ok {
+        return Err(CliError::new(format!(
+            "the source's audit chain is broken at entry {}: {}; nothing copied",
+            checked.first_bad_entry.unwrap_or_default(),
+            checked.problem.unwrap_or_default()
+        )));
+    }
+    let password = a
+        .store_password_file
+        .as_deref()
+        .map(read_password_file)
+        .transpose()?;
+    let opts = PgOptions::from_url(&a.to, password).map_err(|e| CliError::new(e.to_string()))?;
+    let target = PgStore::connect(&opts).map_err(|e| {
+        CliError::new(format!(
+            "cannot open the target {}: {e}",
+            opts.display_url()
+        ))
+    })?;
+    if let Some(table) = target
+        .first_nonempty_table()
+        .map_err(|e| CliError::new(e.to_string()))?
+    {
+        return Err(CliError::new(format!(
+            "the target {} is not empty (table {table} has rows); store copy only fills an empty schema",
+            opts.display_url()
+        )));
+    }
+    println!(
+        "copying {} ({} audit entries) into {}",
+        store_dir.display(),
+        checked.entries,
+        opts.display_url()
+    );
+    let every = a.progress_every.max(1);
+    let summary = target
+        .import_image(
+            |sink| source.export_image(sink),
+            |kind, n| {
+                if n % every == 0 {
+                    println!("  {n} rows copied (now: {kind})");
+                }
+            },
+        )
+        .map_err(|e| CliError::new(format!("copy failed, nothing was written: {e}")))?;
+    let verified = target
+        .verify_audit()
+        .map_err(|e| CliError::new(format!("cannot verify the copy's audit log: {e}")))?;
+    if !verified.ok || verified.entries != checked.entries {
+        return Err(CliError::new(format!(
+            "the copy's audit chain does not verify: {}",
+            verified.problem.unwrap_or_default()
+        )));
+    }
+    for (kind, n) in &summary.rows {
+        println!("  {kind}: {n}");
+    }
+    println!(
+        "copied; audit chain intact on the target: {} entries, head {}",
+        verified.entries,
+        hex::encode(summary.audit_head.hash)
+    );
     Ok(())
 }

@@ -9,8 +9,10 @@ use time::OffsetDateTime;
 
 use super::{AuditEntry, CertRecord, CrlRecord, IssuerRecord, RevokedEntry, TicketRecord};
 
-/// One row of a store image.
+/// One row of a store image. (Rows move one at a time, so the size of the largest variant
+/// does not matter.)
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum ImageRow {
     /// An issuer.
     Issuer(IssuerRecord),

@@ -767,12 +767,16 @@ impl Store for SledStore {
             Some((tree, id)) => {
                 for serial in self.index_serials(tree, id, after_serial) {
                     let serial = serial?;
-                    let cert = self.get::<CertRecord>(CERTS, &serial)?.ok_or_else(|| {
-                        StoreError::Corrupt {
-                            kind: "index",
-                            key: TREE_NAMES[tree].to_owned(),
-                            detail: format!("names certificate {serial}, which does not exist"),
-                        }
+                    let cert = self.get::<CertRecord>(CERTS, &serial)?;
+                    // The revoked index also holds serials known only by their revocation
+                    // (reinstated after a restore): no certificate to list.
+                    if cert.is_none() && tree == IDX_REVOKED {
+                        continue;
+                    }
+                    let cert = cert.ok_or_else(|| StoreError::Corrupt {
+                        kind: "index",
+                        key: TREE_NAMES[tree].to_owned(),
+                        detail: format!("names certificate {serial}, which does not exist"),
                     })?;
                     if filter.matches(&cert) && !self.renewed_excluded(filter, &cert)? {
                         out.push(cert);

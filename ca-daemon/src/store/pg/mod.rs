@@ -40,10 +40,12 @@
 //! plus offset, exactly as hashed.
 //!
 //! # Publication lock
-//! [`Store::publication_lock`] takes a session `pg_advisory_lock` on a dedicated pooled
-//! connection, held by the returned guard; dropping the guard unlocks it (and a connection
-//! that cannot be unlocked is closed rather than returned to the pool). If the node dies,
-//! PostgreSQL releases the lock with the session.
+//! [`Store::publication_lock`] takes a session advisory lock (`pg_try_advisory_lock`, polled,
+//! so no blocking lock request is ever left running on a pooled connection after a timeout) on
+//! a dedicated pooled connection, held by the returned guard; dropping the guard unlocks it
+//! (and a connection that cannot be unlocked is closed rather than returned to the pool). If
+//! the node dies, PostgreSQL releases the lock with the session. Waiting is bounded by the
+//! call timeout (`Unavailable`).
 //!
 //! # Notifications
 //! Each mutating transaction calls `pg_notify('ca_changes', payload)` inside the transaction,
@@ -96,7 +98,7 @@ pub struct PgOptions {
     display: String,
     /// Connections in the pool.
     pub pool_size: usize,
-    /// Bound on connecting (and on waiting for a pooled connection).
+    /// Bound on connecting (a new connection of the pool, the listener's).
     pub connect_timeout: Duration,
     /// Bound on a whole call (connect, statements, commit).
     pub call_timeout: Duration,
@@ -116,7 +118,8 @@ impl PgOptions {
     /// Parses `postgresql://user@host:port/db` (or `postgres://...`, with optional `?`
     /// parameters such as `connect_timeout`). A password inside the URL is refused (it would
     /// end up in shell history, process lists and logs): pass it in `password`, read from
-    /// `--store-password-file`. Defaults: pool of 8, connect timeout 5 s, call timeout 60 s.
+    /// `--store-password-file`. Defaults: pool of 8, connect timeout 5 s, call timeout 30 s,
+    /// TCP keepalives after 10 s idle.
     pub fn from_url(url: &str, password: Option<Zeroizing<String>>) -> Result<Self, StoreError> {
         let invalid = |detail: String| StoreError::Invalid {
             kind: "store URL",
@@ -162,6 +165,17 @@ impl PgOptions {
             .copied()
             .unwrap_or(Duration::from_secs(5));
         config.connect_timeout(connect_timeout);
+        // A connection cut off without a FIN (a partition) is noticed within about 20 s,
+        // unless the URL says otherwise (PostgreSQL's own default idle time is 2 hours).
+        if !url.contains("keepalives_idle") {
+            config.keepalives_idle(Duration::from_secs(10));
+        }
+        if config.get_keepalives_interval().is_none() {
+            config.keepalives_interval(Duration::from_secs(3));
+        }
+        if config.get_keepalives_retries().is_none() {
+            config.keepalives_retries(3);
+        }
         // Durable at commit whatever the database's default; a name in pg_stat_activity.
         config.options("-c synchronous_commit=on");
         config.application_name("ca-daemon");
@@ -171,7 +185,7 @@ impl PgOptions {
             display,
             pool_size: 8,
             connect_timeout,
-            call_timeout: Duration::from_secs(60),
+            call_timeout: Duration::from_secs(30),
         })
     }
 
@@ -338,7 +352,8 @@ impl PgStore {
             Pool::builder(manager)
                 .max_size(opts.pool_size.max(1))
                 .runtime(deadpool_postgres::Runtime::Tokio1)
-                .wait_timeout(Some(opts.connect_timeout))
+                // Waiting for a free connection is load, not an outage: the call's bound.
+                .wait_timeout(Some(opts.call_timeout))
                 .create_timeout(Some(opts.connect_timeout))
                 .recycle_timeout(Some(opts.connect_timeout))
                 .build()
@@ -396,22 +411,47 @@ impl PgStore {
     fn lock_publication(&self, issuer_id: &str) -> Result<PublicationLock, StoreError> {
         let key = issuer_lock_key(issuer_id);
         let pool = self.pool.clone();
-        let obj = self.run(async move {
+        let handle = self.handle.clone();
+        let id = issuer_id.to_owned();
+        // Within the call timeout, with a margin so that our own message wins.
+        let patience = self
+            .opts
+            .call_timeout
+            .saturating_sub(Duration::from_secs(1));
+        // pg_try_advisory_lock, polled: a blocking pg_advisory_lock left running when the
+        // call times out would take the lock later on a connection back in the pool. The
+        // guard exists as soon as the lock does, so a dropped future unlocks it.
+        let guard = self.run(async move {
             let client = pool.get().await.map_err(|e| Fail::from(e).into_store())?;
-            client
-                .execute(
-                    "SELECT pg_advisory_lock($1, $2)",
-                    &[&PUBLICATION_LOCK_CLASS, &key],
-                )
-                .await
-                .map_err(|e| pg_error(&e))?;
-            Ok(client)
+            let started = tokio::time::Instant::now();
+            let mut pause = Duration::from_millis(10);
+            loop {
+                let got: bool = client
+                    .query_one(
+                        "SELECT pg_try_advisory_lock($1, $2)",
+                        &[&PUBLICATION_LOCK_CLASS, &key],
+                    )
+                    .await
+                    .and_then(|r| r.try_get(0))
+                    .map_err(|e| pg_error(&e))?;
+                if got {
+                    return Ok(PgLockGuard {
+                        obj: Some(client),
+                        handle,
+                        key,
+                    });
+                }
+                if started.elapsed() >= patience {
+                    return Err(StoreError::Unavailable {
+                        detail: format!(
+                            "the publication lock of {id} has been held elsewhere for {patience:?}"
+                        ),
+                    });
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
         })?;
-        let guard = PgLockGuard {
-            obj: Some(obj),
-            handle: self.handle.clone(),
-            key,
-        };
         Ok(PublicationLock::new(issuer_id, Box::new(guard)))
     }
 }
@@ -428,7 +468,7 @@ impl Drop for PgLockGuard {
         let Some(obj) = self.obj.take() else { return };
         let key = self.key;
         // If the runtime is gone, so is the connection (and with it the lock).
-        let _ = self.handle.spawn(async move {
+        drop(self.handle.spawn(async move {
             let unlocked = obj
                 .query_one(
                     "SELECT pg_advisory_unlock($1, $2)",
@@ -442,7 +482,7 @@ impl Drop for PgLockGuard {
                 // Never hand a connection that may still hold the lock back to the pool.
                 drop(deadpool_postgres::Object::take(obj));
             }
-        });
+        }));
     }
 }
 
@@ -610,14 +650,12 @@ pub(crate) fn parse_change(payload: &str) -> Option<StoreChange> {
 
 /// Sends `change` to every node when the transaction of `client` commits.
 pub(crate) async fn notify(
-    client: &tokio_postgres::Transaction<'_>,
+    client: &deadpool_postgres::Transaction<'_>,
     change: &StoreChange,
 ) -> Result<(), Fail> {
+    let st = client.prepare_cached("SELECT pg_notify($1, $2)").await?;
     client
-        .execute(
-            "SELECT pg_notify($1, $2)",
-            &[&CHANNEL, &encode_change(change)],
-        )
+        .execute(&st, &[&CHANNEL, &encode_change(change)])
         .await?;
     Ok(())
 }
@@ -698,6 +736,27 @@ mod tests {
             })
         );
         assert!(parse_change("{}").is_none() && parse_change("nope").is_none());
+    }
+
+    proptest::proptest! {
+        /// Whatever is revoked, a notification stays under PostgreSQL's 8000-byte limit and
+        /// tells either exactly the serials or "many" (empty).
+        #[test]
+        fn revoked_payloads_fit_and_round_trip(
+            issuer in "[a-z0-9-]{1,64}",
+            serials in proptest::collection::vec("[0-9a-f]{1,40}", 0..600),
+        ) {
+            let c = StoreChange::Revoked { issuer_id: issuer.clone(), serials: serials.clone() };
+            let p = encode_change(&c);
+            proptest::prop_assert!(p.len() < 8000, "{} bytes", p.len());
+            match parse_change(&p) {
+                Some(StoreChange::Revoked { issuer_id, serials: got }) => {
+                    proptest::prop_assert_eq!(issuer_id, issuer);
+                    proptest::prop_assert!(got == serials || got.is_empty());
+                }
+                other => proptest::prop_assert!(false, "{other:?}"),
+            }
+        }
     }
 
     #[test]

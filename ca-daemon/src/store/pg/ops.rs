@@ -22,7 +22,24 @@ use crate::store::{
     validate_key_blob_name,
 };
 
-type Tx<'a> = tokio_postgres::Transaction<'a>;
+type Tx<'a> = deadpool_postgres::Transaction<'a>;
+
+/// `execute` with the connection's cached prepared statement (one round trip, not two): for
+/// the statements every write runs.
+async fn exec(tx: &Tx<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Fail> {
+    let st = tx.prepare_cached(sql).await?;
+    Ok(tx.execute(&st, params).await?)
+}
+
+/// `query_opt` with a cached prepared statement.
+async fn query_opt_cached(
+    tx: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>, Fail> {
+    let st = tx.prepare_cached(sql).await?;
+    Ok(tx.query_opt(&st, params).await?)
+}
 
 /// CRLs kept per issuer (the newest is the one served).
 const CRL_HISTORY: i64 = 16;
@@ -269,13 +286,18 @@ pub(crate) async fn upsert_ticket(
 pub(crate) async fn insert_cert(tx: &Tx<'_>, c: &CertRecord, index: bool) -> Result<(), Fail> {
     let rev = c.revocation.as_ref();
     let reason = rev.map(|r| i16::from(r.reason.code()));
-    let inserted = tx
-        .execute(
+    let st = tx
+        .prepare_cached(
             "INSERT INTO certificates (serial, issuer_id, der, facility_id, person_id, device_id, \
                  os, keystore_profile, ticket_number, not_before, not_after, issued_at, \
                  revoked_at, reason, invalidity_date) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
              ON CONFLICT (serial) DO NOTHING",
+        )
+        .await?;
+    let inserted = tx
+        .execute(
+            &st,
             &[
                 &c.serial,
                 &c.issuer_id,
@@ -336,7 +358,8 @@ pub(crate) async fn upsert_revoked(
     e: &RevokedEntry,
 ) -> Result<(), Fail> {
     let reason = i16::from(e.revocation.reason.code());
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO revocations (issuer_id, serial, not_after, revoked_at, reason, invalidity_date) \
          VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (issuer_id, serial) DO UPDATE SET not_after = EXCLUDED.not_after, \
@@ -358,7 +381,8 @@ pub(crate) async fn upsert_revoked(
 /// Marks a locked, unrevoked certificate revoked and indexes it.
 async fn revoke_cert(tx: &Tx<'_>, cert: &mut CertRecord, r: &Revocation) -> Result<(), Fail> {
     let reason = i16::from(r.reason.code());
-    tx.execute(
+    exec(
+        tx,
         "UPDATE certificates SET revoked_at = $2, reason = $3, invalidity_date = $4 \
          WHERE serial = $1",
         &[&cert.serial, &r.revoked_at, &reason, &r.invalidity_date],
@@ -388,7 +412,8 @@ pub(crate) async fn insert_audit(tx: &Tx<'_>, e: &AuditEntry) -> Result<(), Fail
     let offset = e.time.offset().whole_seconds();
     let prev: &[u8] = &e.prev_hash;
     let hash: &[u8] = &e.hash;
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO audit (seq, time_ns, time_offset, actor, action, target, detail, prev_hash, hash) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         &[
@@ -410,7 +435,8 @@ pub(crate) async fn insert_audit(tx: &Tx<'_>, e: &AuditEntry) -> Result<(), Fail
 /// Moves the chain head.
 pub(crate) async fn set_audit_head(tx: &Tx<'_>, head: &ChainHead) -> Result<(), Fail> {
     let hash: &[u8] = &head.hash;
-    tx.execute(
+    exec(
+        tx,
         "UPDATE audit_head SET seq = $1, hash = $2 WHERE id",
         &[&to_i64(head.seq, "audit head")?, &hash],
     )
@@ -419,14 +445,16 @@ pub(crate) async fn set_audit_head(tx: &Tx<'_>, head: &ChainHead) -> Result<(), 
 }
 
 /// Appends `events` to the chain: takes the head row FOR UPDATE (the last lock of the
-/// transaction), inserts the entries, moves the head.
+/// transaction, and its last statements, so the section every node serialises on is short),
+/// inserts the entries, moves the head.
 async fn append_audit(tx: &Tx<'_>, events: &[AuditEvent]) -> Result<Vec<AuditEntry>, Fail> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let row = tx
-        .query_one("SELECT seq, hash FROM audit_head WHERE id FOR UPDATE", &[])
+    let st = tx
+        .prepare_cached("SELECT seq, hash FROM audit_head WHERE id FOR UPDATE")
         .await?;
+    let row = tx.query_one(&st, &[]).await?;
     let mut head = ChainHead {
         seq: to_u64(row.try_get("seq")?, "audit chain head", "audit_head")?,
         hash: hash32(row.try_get("hash")?, "audit chain head", "audit_head")?,
@@ -443,19 +471,20 @@ async fn append_audit(tx: &Tx<'_>, events: &[AuditEvent]) -> Result<Vec<AuditEnt
 }
 
 async fn lock_ticket(tx: &Tx<'_>, number: &str) -> Result<TicketRecord, Fail> {
-    let row = tx
-        .query_opt(
-            &format!("SELECT {TICKET_COLS} FROM tickets WHERE number = $1 FOR UPDATE"),
-            &[&number],
-        )
-        .await?
-        .ok_or_else(|| not_found("ticket", number))?;
+    let row = query_opt_cached(
+        tx,
+        &format!("SELECT {TICKET_COLS} FROM tickets WHERE number = $1 FOR UPDATE"),
+        &[&number],
+    )
+    .await?
+    .ok_or_else(|| not_found("ticket", number))?;
     ticket_from(&row)
 }
 
 async fn set_ticket(tx: &Tx<'_>, t: &TicketRecord) -> Result<(), Fail> {
     let failed = i64::from(t.failed_attempts);
-    tx.execute(
+    exec(
+        tx,
         "UPDATE tickets SET state = $2, failed_attempts = $3, redeemed_serial = $4 \
          WHERE number = $1",
         &[&t.number, &t.state.as_str(), &failed, &t.redeemed_serial],
@@ -568,8 +597,8 @@ impl PgStore {
                     }
                     other => other?,
                 }
-                let entries = append_audit(&tx, std::slice::from_ref(event)).await?;
                 notify(&tx, &StoreChange::Tickets).await?;
+                let entries = append_audit(&tx, std::slice::from_ref(event)).await?;
                 tx.commit().await?;
                 Ok(((), entries))
             }
@@ -651,8 +680,8 @@ impl PgStore {
                 t.state = TicketState::Redeemed;
                 t.redeemed_serial = Some(cert.serial.clone());
                 set_ticket(&tx, &t).await?;
-                let entries = append_audit(&tx, std::slice::from_ref(event)).await?;
                 notify(&tx, &StoreChange::Tickets).await?;
+                let entries = append_audit(&tx, std::slice::from_ref(event)).await?;
                 tx.commit().await?;
                 Ok((t, entries))
             }
@@ -768,12 +797,12 @@ impl PgStore {
                         });
                     }
                 }
-                let entries = append_audit(&tx, &events).await?;
                 let revoked: Vec<&CertRecord> = newly.iter().map(|&i| &out[i]).collect();
                 notify_revoked(&tx, &revoked).await?;
                 if !cancelled.is_empty() {
                     notify(&tx, &StoreChange::Tickets).await?;
                 }
+                let entries = append_audit(&tx, &events).await?;
                 tx.commit().await?;
                 Ok(((out, cancelled), entries))
             }
@@ -822,10 +851,10 @@ impl Store for PgStore {
                     events.push(event.clone());
                 }
                 set_ticket(&tx, &t).await?;
-                let entries = append_audit(&tx, &events).await?;
-                if !entries.is_empty() {
+                if !events.is_empty() {
                     notify(&tx, &StoreChange::Tickets).await?;
                 }
+                let entries = append_audit(&tx, &events).await?;
                 tx.commit().await?;
                 Ok((t, entries))
             }
@@ -853,8 +882,8 @@ impl Store for PgStore {
                 }
                 t.state = to;
                 set_ticket(&tx, &t).await?;
-                let entries = append_audit(&tx, std::slice::from_ref(event)).await?;
                 notify(&tx, &StoreChange::Tickets).await?;
+                let entries = append_audit(&tx, std::slice::from_ref(event)).await?;
                 tx.commit().await?;
                 Ok((t, entries))
             }
@@ -1178,8 +1207,8 @@ impl Store for PgStore {
                     });
                     out.push(cert);
                 }
-                let entries = append_audit(&tx, &events).await?;
                 notify_revoked(&tx, &out.iter().collect::<Vec<_>>()).await?;
+                let entries = append_audit(&tx, &events).await?;
                 tx.commit().await?;
                 Ok((out, entries))
             }
@@ -1242,8 +1271,8 @@ impl Store for PgStore {
                 let mut c = pool.get().await?;
                 let tx = c.transaction().await?;
                 upsert_issuer(&tx, issuer).await?;
-                let entries = append_audit(&tx, std::slice::from_ref(event)).await?;
                 notify(&tx, &StoreChange::Issuers).await?;
+                let entries = append_audit(&tx, std::slice::from_ref(event)).await?;
                 tx.commit().await?;
                 Ok(((), entries))
             }
@@ -1340,7 +1369,6 @@ impl Store for PgStore {
                     &[&crl.issuer_id, &number, &CRL_HISTORY],
                 )
                 .await?;
-                let entries = append_audit(&tx, std::slice::from_ref(event)).await?;
                 notify(
                     &tx,
                     &StoreChange::Crl {
@@ -1349,6 +1377,7 @@ impl Store for PgStore {
                     },
                 )
                 .await?;
+                let entries = append_audit(&tx, std::slice::from_ref(event)).await?;
                 tx.commit().await?;
                 Ok(((), entries))
             }
@@ -1557,7 +1586,6 @@ impl Store for PgStore {
                     changed.push(e.serial.clone());
                     out.push(outcome);
                 }
-                let audited = append_audit(&tx, &events).await?;
                 if !changed.is_empty() {
                     notify(
                         &tx,
@@ -1568,6 +1596,7 @@ impl Store for PgStore {
                     )
                     .await?;
                 }
+                let audited = append_audit(&tx, &events).await?;
                 tx.commit().await?;
                 Ok((out, audited))
             }
@@ -1619,8 +1648,8 @@ impl Store for PgStore {
                         key: name.clone(),
                     }));
                 }
-                let entries = append_audit(&tx, std::slice::from_ref(event)).await?;
                 notify(&tx, &StoreChange::KeyBlobs).await?;
+                let entries = append_audit(&tx, std::slice::from_ref(event)).await?;
                 tx.commit().await?;
                 Ok(((), entries))
             }
