@@ -205,6 +205,25 @@ pub async fn health_monitor(
     }
 }
 
+/// Sets a gRPC health status when it changed since `last`.
+pub async fn set_health(
+    reporter: &tonic_health::server::HealthReporter,
+    service: &str,
+    ok: bool,
+    last: &mut Option<bool>,
+) {
+    if *last == Some(ok) {
+        return;
+    }
+    let status = if ok {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    reporter.set_service_status(service, status).await;
+    *last = Some(ok);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,23 +271,4 @@ mod tests {
         std::fs::write(dir.path().join("sub/b"), [0u8; 24]).expect("write");
         assert_eq!(dir_size(dir.path()), 1024);
     }
-}
-
-/// Sets a gRPC health status when it changed since `last`.
-pub async fn set_health(
-    reporter: &tonic_health::server::HealthReporter,
-    service: &str,
-    ok: bool,
-    last: &mut Option<bool>,
-) {
-    if *last == Some(ok) {
-        return;
-    }
-    let status = if ok {
-        tonic_health::ServingStatus::Serving
-    } else {
-        tonic_health::ServingStatus::NotServing
-    };
-    reporter.set_service_status(service, status).await;
-    *last = Some(ok);
 }

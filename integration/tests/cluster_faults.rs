@@ -90,7 +90,7 @@ fn load(
                     continue;
                 }
             };
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 let r = clients[c]
                     .1
                     .revoke(v1::RevokeRequest {
@@ -225,7 +225,7 @@ async fn database_restart_under_load() {
     let _ = stop_tx.send(true);
     task.await.expect("load");
 
-    let acked = acked.lock().expect("lock");
+    let acked = std::mem::take(&mut *acked.lock().expect("lock"));
     let during: Vec<tonic::Code> = acked
         .codes
         .iter()
@@ -291,14 +291,14 @@ async fn node_killed_under_load() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let _ = stop_tx.send(true);
     task.await.expect("load");
-    let mut acked = acked.lock().expect("lock");
+    let mut acked = std::mem::take(&mut *acked.lock().expect("lock"));
     // The second load numbers its nodes 0 and 1 (= nodes 0 and 2).
     for (n, t) in acked.ok_at.iter_mut() {
         if *t > killed_at && *n == 1 {
             *n = 2;
         }
     }
-    let acked = &*acked;
+    let acked = &acked;
     for i in [0usize, 2] {
         assert!(
             acked.ok_at.iter().any(|(n, t)| *n == i && *t > killed_at),
