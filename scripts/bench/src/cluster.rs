@@ -64,6 +64,48 @@ async fn redemption(d: &Daemon, per_round: usize, rounds: usize) -> Result<stats
     Ok(stats::summarize(&out))
 }
 
+/// The store's part of a redemption alone, in-process, `threads` threads: the durable
+/// redemption transaction (ticket, certificate, indexes or rows, audit entry) over seeded
+/// tickets, through the `Store` trait: sled's group commit against PostgreSQL's commit under
+/// the one audit chain's head row lock.
+fn store_round(
+    store: &dyn ca_daemon::store::Store,
+    issuer: &ca_daemon::store::IssuerRecord,
+    threads: usize,
+    n: usize,
+    first: usize,
+) -> Result<stats::Round> {
+    use rand::Rng as _;
+    store
+        .put_issuer(
+            issuer,
+            ca_daemon::store::AuditEvent::new("bench:seed", "issuer.state", issuer.id.clone(), "bench"),
+        )
+        .map_err(failed("seed issuer"))?;
+    let mut tickets = Vec::with_capacity(n);
+    for i in 0..n {
+        tickets.push(crate::scale::seed_ticket(store, first + i, i as u64)?);
+    }
+    let der = vec![0x30u8; 700];
+    let now = time::OffsetDateTime::now_utc();
+    crate::redemption::timed_round(threads, n, |i| {
+        let serial: [u8; 16] = rand::thread_rng().r#gen();
+        crate::scale::redeem_seeded(
+            store,
+            &tickets[i],
+            crate::scale::CertParts {
+                serial: &hex::encode(serial),
+                issuer_id: &issuer.id,
+                der: &der,
+                not_before: now,
+                not_after: now + time::Duration::days(365),
+                os: pki_policy::domain::TargetOs::Ios,
+                keystore_profile: "ios",
+            },
+        )
+    })
+}
+
 /// Seeds `n` revocation entries of the active issuer into `d`'s store (through the library,
 /// as `store reconcile` would; a sled daemon is stopped for it, sled locks its store), then
 /// times `PublishCrl` `rounds` times.
@@ -221,6 +263,41 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
     let sled_dir = work.join("sled").join("var");
     let pg_dir = work.join("pg0").join("var");
 
+    // 0. The store alone (in-process, 16 threads).
+    let (store_sled, store_pg) = {
+        let seed_dir = work.join("seed").join("var");
+        let pki_d = start(work, &seed_dir, None)?;
+        drop(pki_d);
+        let pki = common::load_pki(&seed_dir)?;
+        let active = pki
+            .active_issuer()
+            .ok_or_else(|| BenchError::Failed("no active issuer".into()))?;
+        let issuer = ca_daemon::store::IssuerRecord {
+            version: ca_daemon::store::RECORD_VERSION,
+            id: active.id.clone(),
+            state: ca_daemon::store::IssuerState::Active,
+            cert_der: active.cert_der.clone(),
+            not_before: active.not_before,
+            not_after: active.not_after,
+            created_at: time::OffsetDateTime::now_utc(),
+        };
+        let sdb = work.join("store-alone-sled");
+        let sled_store =
+            ca_daemon::store::SledStore::open(&sdb).map_err(failed("open sled store"))?;
+        let pgdb = pg.create_database()?;
+        let password = std::fs::read_to_string(&pgdb.password_file).map_err(io("password"))?;
+        let opts = ca_daemon::store::PgOptions::from_url(
+            &pgdb.url,
+            Some(Zeroizing::new(password.trim_end().to_owned())),
+        )
+        .map_err(failed("store URL"))?;
+        let pg_store = ca_daemon::store::PgStore::connect(&opts).map_err(failed("connect"))?;
+        let n = per_round * 2;
+        let a = tokio::task::block_in_place(|| store_round(&sled_store, &issuer, 16, n, 0))?;
+        let b = tokio::task::block_in_place(|| store_round(&pg_store, &issuer, 16, n, 0))?;
+        (a, b)
+    };
+
     // 1. Redemption, sled then PostgreSQL (one daemon each, the other stopped).
     let mut sled = start(work, &sled_dir, None)?;
     let sled_rate = redemption(&sled, per_round, rounds).await?;
@@ -264,10 +341,15 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
         "A real PostgreSQL 15 (the harness's `initdb` + `pg_ctl`, `fsync` on, on the same two \
          cores), one database; each row beside the embedded sled store in the same run.\n\n\
          | | PostgreSQL store | sled store | PostgreSQL ÷ sled |\n| --- | ---: | ---: | ---: |\n\
-         | redemptions/s (ios, 16 clients, {rounds} × {per_round}) | {:.0} | {:.0} | {} |\n\
+         | the store's redemption transaction alone (in-process, 16 threads, {} tickets), per s | {:.0} | {:.0} | {} |\n\
+         | its p50 / p99 ms | {:.2} / {:.2} | {:.2} / {:.2} | |\n\
+         | redemptions/s through the daemon (ios, 16 clients, {rounds} × {per_round}) | {:.0} | {:.0} | {} |\n\
          | redemption p50 / p99 ms | {:.1} / {:.1} | {:.1} / {:.1} | |\n\
          | CRL with {crl_n} revoked: `PublishCrl` (read from the store, build, sign, save), median of 3, s | {:.2} ({} KiB) | {:.2} ({} KiB) | {} |\n\
          | restart of a node (spawn → `/healthz` 200), median of {restarts}, ms | {:.0} | {:.0} | {} |\n\n\
+         Through the daemon a redemption is bound by its crypto (key generation, signing and \
+         the PKCS#12 KDF at the policy's 100,000 iterations, on the cores the benchmark client \
+         shares), so the store's cost hardly shows; the first row is that cost alone.\n\n\
          Revocation reach over **two nodes** on the database, each followed by its own example \
          gateway (`integration::gateway`, `WatchCrl` of its node): `Revoke` on the nodes in \
          turn, then handshakes to both gateways until both refuse the certificate ({reach_n} \
@@ -280,6 +362,14 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
          - revoke → every node's gateway refuses, p99 {:.0} ms (target ≤ 1 s): {}\n\
          - CRL with {crl_n} revoked read from PostgreSQL, built and signed in {:.2} s (target ≤ 2 s): {}\n\
          - restart of a node {:.0} ms (target ≤ 2 s): {}\n",
+        store_pg.ops,
+        store_pg.rate(),
+        store_sled.rate(),
+        stats::percent(store_pg.rate(), store_sled.rate()),
+        stats::percentile_ms(&store_pg.latencies, 50.0),
+        stats::percentile_ms(&store_pg.latencies, 99.0),
+        stats::percentile_ms(&store_sled.latencies, 50.0),
+        stats::percentile_ms(&store_sled.latencies, 99.0),
         pg_rate.rate,
         sled_rate.rate,
         stats::percent(pg_rate.rate, sled_rate.rate),

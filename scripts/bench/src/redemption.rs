@@ -230,7 +230,7 @@ fn floor_bundle_leaf(
 }
 
 /// Runs `op(0..count)` on `threads` threads (each takes the next index) and times each call.
-fn timed_round(
+pub(crate) fn timed_round(
     threads: usize,
     count: usize,
     op: impl Fn(usize) -> Result<()> + Sync,

@@ -150,7 +150,7 @@ fn event(action: &str, target: String) -> AuditEvent {
 
 /// Creates and returns the synthetic ticket number `10_000_000 + i` (enrollee `i`, MAC from
 /// `r`).
-pub fn seed_ticket(store: &SledStore, i: usize, r: u64) -> Result<TicketRecord> {
+pub fn seed_ticket(store: &dyn Store, i: usize, r: u64) -> Result<TicketRecord> {
     let now = time::OffsetDateTime::now_utc();
     let number = format!("{:08}", 10_000_000 + i);
     let mut mac = [0u8; 32];
@@ -177,7 +177,7 @@ pub fn seed_ticket(store: &SledStore, i: usize, r: u64) -> Result<TicketRecord> 
 
 /// Redeems `ticket` (made by [`seed_ticket`]) for the certificate `c`: the daemon's
 /// redemption transaction (ticket state, certificate, indexes, audit entry).
-pub fn redeem_seeded(store: &SledStore, ticket: &TicketRecord, c: CertParts<'_>) -> Result<()> {
+pub fn redeem_seeded(store: &dyn Store, ticket: &TicketRecord, c: CertParts<'_>) -> Result<()> {
     let now = time::OffsetDateTime::now_utc();
     let enrollee = &ticket.enrollee;
     let cert = CertRecord {
