@@ -149,10 +149,38 @@ fn request_template(work: &Path, data_dir: &Path, serial: &[u8; 16]) -> Result<(
     Ok((der, at))
 }
 
+/// `pki-bench seed`: a dev data dir with `n` seeded certificates, kept (prints its size).
+pub fn seed_only(data_dir: &Path, n: usize) -> Result<()> {
+    let work = data_dir.with_extension("work");
+    std::fs::create_dir_all(&work).map_err(io("create work dir"))?;
+    let mut d = common::start_daemon(&work, Some(data_dir.to_path_buf()))?;
+    d.stop();
+    drop(d);
+    let (certs, took) =
+        crate::scale::seed(data_dir, n, Duration::from_secs(3600), crate::scale::SEED_THREADS)?;
+    let store_dir = ca_daemon::pki::Layout::new(data_dir).store_dir();
+    println!(
+        "seeded {certs} certificates in {:.0} s; store {:.0} MiB",
+        took.as_secs_f64(),
+        mib(dir_size(&store_dir))
+    );
+    Ok(())
+}
+
 /// Runs the footprint benchmark.
 pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
     let (n, budget, redeem, ocsp_serials) = match mode {
-        Mode::Full => (1_000_000usize, Duration::from_secs(900), 20_000, 100_000),
+        // `PKI_BENCH_FOOTPRINT_CERTS=200000` shrinks the store while investigating (figures
+        // per certificate scale; the published run uses the full million).
+        Mode::Full => (
+            std::env::var("PKI_BENCH_FOOTPRINT_CERTS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1_000_000usize),
+            Duration::from_secs(900),
+            20_000,
+            100_000,
+        ),
         Mode::Smoke => (2_000usize, Duration::from_secs(30), 50, 500),
     };
     let data_dir = work.join("footprint").join("var");
