@@ -84,7 +84,7 @@ limit() { # seconds allowed for one benchmark
     if [ "$MODE" = smoke ]; then echo 300; return; fi
     case "$1" in
         redemption) echo 1500 ;; ocsp) echo 600 ;; crl) echo 900 ;;
-        reach) echo 600 ;; scale) echo 1800 ;; footprint) echo 2700 ;; cluster) echo 1200 ;; *) echo 600 ;;
+        reach) echo 600 ;; scale) echo 1800 ;; footprint) echo 3600 ;; cluster) echo 1200 ;; *) echo 600 ;;
     esac
 }
 

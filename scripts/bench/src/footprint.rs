@@ -150,10 +150,42 @@ fn request_template(work: &Path, data_dir: &Path, serial: &[u8; 16]) -> Result<(
     Ok((der, at))
 }
 
+/// `pki-bench seed`: a dev data dir with `n` seeded certificates, kept (prints its size).
+pub fn seed_only(data_dir: &Path, n: usize) -> Result<()> {
+    let work = data_dir.with_extension("work");
+    std::fs::create_dir_all(&work).map_err(io("create work dir"))?;
+    let mut d = common::start_daemon(&work, Some(data_dir.to_path_buf()))?;
+    d.stop();
+    drop(d);
+    let (certs, took) = crate::scale::seed(
+        data_dir,
+        n,
+        Duration::from_secs(3600),
+        crate::scale::SEED_THREADS,
+    )?;
+    let store_dir = ca_daemon::pki::Layout::new(data_dir).store_dir();
+    println!(
+        "seeded {certs} certificates in {:.0} s; store {:.0} MiB",
+        took.as_secs_f64(),
+        mib(dir_size(&store_dir))
+    );
+    Ok(())
+}
+
 /// Runs the footprint benchmark.
 pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
     let (n, budget, redeem, ocsp_serials) = match mode {
-        Mode::Full => (1_000_000usize, Duration::from_secs(900), 20_000, 100_000),
+        // `PKI_BENCH_FOOTPRINT_CERTS=200000` shrinks the store while investigating (figures
+        // per certificate scale; the published run uses the full million).
+        Mode::Full => (
+            std::env::var("PKI_BENCH_FOOTPRINT_CERTS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1_000_000usize),
+            Duration::from_secs(1500),
+            20_000,
+            100_000,
+        ),
         Mode::Smoke => (2_000usize, Duration::from_secs(30), 50, 500),
     };
     let data_dir = work.join("footprint").join("var");
@@ -195,16 +227,24 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
         ),
     )
     .map_err(io("write policy"))?;
-    let before = load(
-        "former settings: sled cache 1 GiB, OCSP cache unbounded",
-        &data_dir,
-        &policy_before,
-        vec!["--store-cache-mib".into(), "1024".into()],
-        redeem,
-        &template,
-        &serials,
-    )
-    .await?;
+    // `PKI_BENCH_FOOTPRINT_FORMER=0` skips the row with the former settings (its figures are
+    // kept in findings.md) when the machine is too busy for two load runs.
+    let before = if std::env::var("PKI_BENCH_FOOTPRINT_FORMER").as_deref() == Ok("0") {
+        None
+    } else {
+        Some(
+            load(
+                "former settings: sled cache 1 GiB, OCSP cache unbounded",
+                &data_dir,
+                &policy_before,
+                vec!["--store-cache-mib".into(), "1024".into()],
+                redeem,
+                &template,
+                &serials,
+            )
+            .await?,
+        )
+    };
     let after = load(
         "defaults now: sled cache 128 MiB, OCSP cache 50,000 entries",
         &data_dir,
@@ -272,12 +312,18 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
         "\nMemory of the daemon (VmRSS) with this store, under load: {redeem} redemptions (ios, \
          16 clients) while 2 threads send OCSP requests for {} distinct seeded certificates \
          (one connection each; each first request of a serial is a cache miss that signs), \
-         the same store and load for both rows.\n\n\
+         the same store and load for every row.\n\n\
          | settings | RSS at start (MiB) | peak RSS (MiB) | RSS at end (MiB) | redemptions | OCSP answers | wall (s) |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         serials.len()
     ));
-    for r in [&before, &after] {
+    if before.is_none() {
+        t.push_str(
+            "| former settings (sled cache 1 GiB, OCSP cache unbounded) | not re-run here \
+             (`PKI_BENCH_FOOTPRINT_FORMER=0`): see the Footprint findings | | | | | |\n",
+        );
+    }
+    for r in before.iter().chain([&after]) {
         t.push_str(&format!(
             "| {} | {:.0} | {:.0} | {:.0} | {} | {} | {:.0} |\n",
             r.label, r.rss_start_mib, r.rss_peak_mib, r.rss_end_mib, r.redemptions, r.ocsp, r.secs

@@ -116,6 +116,16 @@ enum Cmd {
         #[arg(long)]
         der_out: PathBuf,
     },
+    /// Helper (investigation): a dev data dir at `data_dir` with `n` seeded certificates, as
+    /// the footprint benchmark makes it, left in place for measuring the daemon by hand.
+    Seed {
+        /// Data dir to create (must not hold a store yet).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Certificates.
+        #[arg(long)]
+        n: usize,
+    },
     /// Helper: writes the same `n` entries as an openssl `index.txt`.
     CrlIndex {
         /// Entries.
@@ -137,6 +147,7 @@ fn main() -> std::process::ExitCode {
             der_out,
         } => crl::child(&data_dir, n, &der_out),
         Cmd::CrlIndex { n, out } => crl::write_index(n, &out),
+        Cmd::Seed { data_dir, n } => footprint::seed_only(&data_dir, n),
         Cmd::Redemption(a) => bench(a, |m, w| Box::pin(redemption::run(m, w))),
         Cmd::Ocsp(a) => bench(a, |m, w| Box::pin(ocsp::run(m, w))),
         Cmd::Crl(a) => bench(a, |m, w| Box::pin(crl::run(m, w))),

@@ -2077,7 +2077,12 @@ impl PageCache {
 
             trace!("load_snapshot pid {} {:?}", pid, state);
 
-            let mut cache_infos = Vec::default();
+            // ca-daemon (VENDORED.md): exact capacity. `Vec::default()` + push gave every
+            // page of the store a 4-slot (192-byte) buffer or more at open, ~1 per 10 entries.
+            let mut cache_infos = Vec::with_capacity(match state {
+                PageState::Present { ref frags, .. } => 1 + frags.len(),
+                _ => 1,
+            });
 
             let guard = pin();
 
