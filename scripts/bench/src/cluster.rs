@@ -79,7 +79,12 @@ fn store_round(
     store
         .put_issuer(
             issuer,
-            ca_daemon::store::AuditEvent::new("bench:seed", "issuer.state", issuer.id.clone(), "bench"),
+            ca_daemon::store::AuditEvent::new(
+                "bench:seed",
+                "issuer.state",
+                issuer.id.clone(),
+                "bench",
+            ),
         )
         .map_err(failed("seed issuer"))?;
     let mut tickets = Vec::with_capacity(n);
