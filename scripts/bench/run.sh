@@ -158,7 +158,7 @@ EOF
         echo
         for b in "${ALL[@]}"; do
             if [ -f "$RESULTS/$b.md" ]; then
-                grep -E '^- .*: (met|\*\*MISSED\*\*)' "$RESULTS/$b.md" | sed "s/^- /- $b: /" || true
+                grep -E '^- .*(: |, )(met|\*\*MISSED\*\*)' "$RESULTS/$b.md" | sed "s/^- /- $b: /" || true
             fi
         done
         echo
