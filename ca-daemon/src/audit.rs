@@ -227,6 +227,34 @@ impl AuditVerification {
             problem: Some(problem.into()),
         }
     }
+
+    /// A chain that verified up to `last` must also end at the recorded `head`: a deleted last
+    /// entry, or a rewritten one, is found here. Returns `self` unchanged when it already failed
+    /// or when it ends where it should. Every store calls it after [`verify_chain`].
+    #[must_use]
+    pub fn ending_at(self, last: ChainHead, head: ChainHead) -> Self {
+        if !self.ok {
+            return self;
+        }
+        if last.seq != head.seq {
+            return Self::bad(
+                last.seq,
+                last.seq + 1,
+                format!(
+                    "the log ends at entry {} but {} entries were recorded",
+                    last.seq, head.seq
+                ),
+            );
+        }
+        if last.hash != head.hash {
+            return Self::bad(
+                last.seq.saturating_sub(1),
+                last.seq,
+                format!("entry {} is not the entry that was recorded last", last.seq),
+            );
+        }
+        self
+    }
 }
 
 /// Checks a whole chain, read in order from entry 1: sequence numbers continue without gaps,

@@ -1131,27 +1131,7 @@ impl Store for SledStore {
                     last = e.head();
                 }
             }));
-        if !verification.ok {
-            return Ok(verification);
-        }
-        if last.seq != head.seq {
-            return Ok(AuditVerification::bad(
-                last.seq,
-                last.seq + 1,
-                format!(
-                    "the log ends at entry {} but {} entries were recorded",
-                    last.seq, head.seq
-                ),
-            ));
-        }
-        if last.hash != head.hash {
-            return Ok(AuditVerification::bad(
-                last.seq.saturating_sub(1),
-                last.seq,
-                format!("entry {} is not the entry that was recorded last", last.seq),
-            ));
-        }
-        Ok(verification)
+        Ok(verification.ending_at(last, head))
     }
 
     fn durable_audit_head(&self) -> Result<ChainHead, StoreError> {
