@@ -352,9 +352,13 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
          | redemption p50 / p99 ms | {:.1} / {:.1} | {:.1} / {:.1} | |\n\
          | CRL with {crl_n} revoked: `PublishCrl` (read from the store, build, sign, save), median of 3, s | {:.2} ({} KiB) | {:.2} ({} KiB) | {} |\n\
          | restart of a node (spawn → `/healthz` 200), median of {restarts}, ms | {:.0} | {:.0} | {} |\n\n\
-         Through the daemon a redemption is bound by its crypto (key generation, signing and \
+         Through the daemon most of a redemption is its crypto (key generation, signing and \
          the PKCS#12 KDF at the policy's 100,000 iterations, on the cores the benchmark client \
-         shares), so the store's cost hardly shows; the first row is that cost alone.\n\n\
+         and PostgreSQL share); the first row is the store's cost alone (PostgreSQL commits \
+         one at a time under the audit chain's head-row lock, each waiting for its WAL flush; \
+         sled group-commits). Load average before the run is in the footer: PostgreSQL's own \
+         processes compete for the same two cores, so this ratio falls when the machine is \
+         busy.\n\n\
          Revocation reach over **two nodes** on the database, each followed by its own example \
          gateway (`integration::gateway`, `WatchCrl` of its node): `Revoke` on the nodes in \
          turn, then handshakes to both gateways until both refuse the certificate ({reach_n} \
