@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use integration::gateway::{self, Gateway, GatewayConfig};
+use integration::gateway;
 use integration::pg::{PgCluster, PgClusterOptions, PgDatabase};
 use integration::{Daemon, DaemonOptions};
 use pki_proto::v1;
@@ -174,16 +174,7 @@ async fn crl_publication(
 async fn reach(nodes: &[&Daemon], n: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
     let mut gateways = Vec::new();
     for d in nodes {
-        let dev = d.dev_dir();
-        let read = |name: &str| std::fs::read(dev.join(name)).map_err(io(format!("read {name}")));
-        let cfg = GatewayConfig::new(
-            common::free_addr()?,
-            format!("https://{}", d.grpc),
-            read("service-ca.crt")?,
-            read("gateway.crt")?,
-            Zeroizing::new(read("gateway.key")?),
-        );
-        gateways.push(Gateway::start(cfg).await.map_err(failed("start gateway"))?);
+        gateways.push(crate::reach::start_gateway(d).await?);
     }
     let first = nodes[0];
     let tickets = common::create_tickets(first, v1::TargetOs::Android, 600_000, n, 4).await?;

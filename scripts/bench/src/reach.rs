@@ -132,13 +132,8 @@ pub(crate) fn bundle_key_and_issuer(
     Ok((key, r.chain_der.first().cloned().into_iter().collect()))
 }
 
-/// Runs the revocation-reach benchmark.
-pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
-    let n = match mode {
-        Mode::Full => 100,
-        Mode::Smoke => 3,
-    };
-    let d = common::start_daemon(work, None)?;
+/// The example gateway following `d`'s `WatchCrl`, with `d`'s dev gateway identity.
+pub(crate) async fn start_gateway(d: &integration::Daemon) -> Result<Gateway> {
     let dev = d.dev_dir();
     let read = |name: &str| std::fs::read(dev.join(name)).map_err(io(format!("read {name}")));
     let cfg = GatewayConfig::new(
@@ -148,7 +143,17 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
         read("gateway.crt")?,
         Zeroizing::new(read("gateway.key")?),
     );
-    let gw = Gateway::start(cfg).await.map_err(failed("start gateway"))?;
+    Gateway::start(cfg).await.map_err(failed("start gateway"))
+}
+
+/// Runs the revocation-reach benchmark.
+pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
+    let n = match mode {
+        Mode::Full => 100,
+        Mode::Smoke => 3,
+    };
+    let d = common::start_daemon(work, None)?;
+    let gw = start_gateway(&d).await?;
     let addr = gw.local_addr();
     let gw_cert = gw.server_cert_der();
 
