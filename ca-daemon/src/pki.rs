@@ -1672,6 +1672,25 @@ fn check_daemon_passphrase(layout: &Layout, passphrase: &Passphrase) -> Result<(
         .map_err(seal_err(&path))
 }
 
+/// Waits (at most a second and a bit) until a certificate made now starts strictly after the
+/// active issuer's: several nodes order issuers by `notBefore` (seconds), and two issuers
+/// starting in the same second would leave the order to their random ids (issue #15: a
+/// rotation within a second of the first one let a node that had not adopted it yet win).
+fn wait_past_active_not_before(layout: &Layout) -> Result<(), PkiError> {
+    let active = active_issuer_id(&layout.data_dir)?;
+    let path = layout.issuer_cert(&active);
+    let der = read_cert_pem(&path)?;
+    let (active_not_before, _) = cert_validity(&der, &path)?;
+    for _ in 0..30 {
+        let now = OffsetDateTime::now_utc();
+        if now.replace_nanosecond(0).unwrap_or(now) - BACKDATE > active_not_before {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 /// Creates a new issuing CA (and its responder) signed by the root, writes it under
 /// `keys/issuers/<id>/` and makes it the active issuer (atomically replacing
 /// `keys/active-issuer`). The root key is unsealed only for this and wiped right after.
@@ -1690,6 +1709,7 @@ pub fn rotate_issuer(
     let mut meta = PkiMetadata::read(&layout)?;
     check_daemon_passphrase(&layout, passphrase)?;
     let root_der = read_cert_pem(&layout.root_cert())?;
+    wait_past_active_not_before(&layout)?;
     let new = {
         let (root_pkcs8, root_key) =
             unseal_key(&layout.root_key(), root_passphrase, ROOT_KEY_LABEL)?;

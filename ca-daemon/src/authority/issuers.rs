@@ -50,6 +50,10 @@ pub(super) fn responder_issuers(set: &IssuerSet) -> Result<Vec<ResponderIssuer>,
         .collect()
 }
 
+/// The cluster-wide lock held while a node records issuer states (not an issuer id: those
+/// start with `iss-`).
+const ISSUER_STATES_LOCK: &str = "issuer-states";
+
 impl Authority {
     pub(super) fn issuer_set(&self) -> Arc<IssuerSet> {
         match self.issuers.read() {
@@ -68,6 +72,19 @@ impl Authority {
     pub(super) fn sync_issuer_records(&self) -> Result<(), CaError> {
         let set = self.issuer_set();
         let now = OffsetDateTime::now_utc();
+        // Several nodes: reading the records and writing this node's states is one step
+        // across the cluster. Without the lock a node that had not adopted a rotation yet
+        // could read the records between the rotating node's two writes (old issuer
+        // `Retiring`, new one `Active`) and write its stale `Active` back: two active issuers.
+        let _states = if self.shared_store() {
+            Some(
+                self.store
+                    .publication_lock(ISSUER_STATES_LOCK)
+                    .map_err(store_err)?,
+            )
+        } else {
+            None
+        };
         let existing: HashMap<String, IssuerRecord> = self
             .store
             .issuers()
