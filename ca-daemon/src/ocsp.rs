@@ -542,7 +542,7 @@ pub struct OcspResponder {
 }
 
 /// Default bound of the cache (entries), when [`OcspResponder::with_capacity`] is not used.
-pub const DEFAULT_CACHE_ENTRIES: usize = 50_000;
+pub const DEFAULT_CACHE_ENTRIES: usize = 25_000;
 
 /// Entries looked at to pick the least recently used one to evict (sampled LRU, as Redis does:
 /// no list to maintain on the hot path).

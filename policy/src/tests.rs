@@ -180,7 +180,7 @@ fn default_numeric_sections() {
         OcspPolicy {
             validity_hours: 24,
             resign_before_hours: 8,
-            cache_entries: 50_000,
+            cache_entries: 25_000,
         }
     );
     assert_eq!(p.renewal.supersede_after_secs, 7 * 24 * 3600);

@@ -246,7 +246,7 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
         )
     };
     let after = load(
-        "defaults now: sled cache 128 MiB, OCSP cache 50,000 entries",
+        "defaults now: sled cache 128 MiB, OCSP cache 25,000 entries, zstd pages",
         &data_dir,
         &policy_now,
         Vec::new(),
