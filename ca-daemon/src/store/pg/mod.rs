@@ -384,21 +384,32 @@ impl PgStore {
             changes,
             opts: opts.clone(),
         };
+        // The first connection on its own: a refused certificate, a server without TLS
+        // under `require`, a pg_hba.conf rejection or a wrong password is told here, naming
+        // the URL (without password) and the TLS mode.
         let pool = store.pool.clone();
-        // The first connection: a refused certificate, a server without TLS under `require`
-        // or a wrong password is told here, naming the URL (without password) and the mode.
         store
-            .run(async move { migrate(&pool).await })
-            .map_err(|e| match e {
-                StoreError::Unavailable { detail } => StoreError::Unavailable {
+            .run(async move {
+                pool.get()
+                    .await
+                    .map(drop)
+                    .map_err(|e| Fail::from(e).into_store())
+            })
+            .map_err(|e| {
+                let detail = match e {
+                    StoreError::Unavailable { detail } | StoreError::Database { detail } => detail,
+                    other => other.to_string(),
+                };
+                StoreError::Unavailable {
                     detail: format!(
                         "cannot connect to {} with {}: {detail}",
                         opts.display,
                         opts.tls.describe()
                     ),
-                },
-                other => other,
+                }
             })?;
+        let pool = store.pool.clone();
+        store.run(async move { migrate(&pool).await })?;
         store.handle.spawn(listen(
             store.opts.config.clone(),
             store.opts.tls.connector(),

@@ -589,8 +589,19 @@ pub(crate) fn explain(e: &tokio_postgres::Error) -> Option<String> {
         }
         source = s.source();
     }
+    // tokio-postgres's own TLS errors ("server does not support TLS") are the cause of an
+    // error whose text is only "error performing TLS handshake".
     let text = e.to_string();
-    text.contains("TLS").then(|| format!("TLS: {text}"))
+    if !text.contains("TLS") {
+        return None;
+    }
+    let mut out = format!("TLS: {text}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    Some(out)
 }
 
 #[cfg(test)]
