@@ -742,6 +742,16 @@ mod tests {
     }
 
     #[test]
+    fn a_unix_socket_host_gets_a_connector() {
+        // tokio-postgres asks with "" for a Unix socket; MakeRustlsConnect alone refuses it.
+        let (_, t) = PgTls::from_url("postgresql://ca@%2Frun%2Fpostgresql/ca").expect("url");
+        let mut c = t.connector();
+        assert!(MakeTlsConnect::<tokio_postgres::Socket>::make_tls_connect(&mut c, "").is_ok());
+        let mut bare = c.0.clone();
+        assert!(MakeTlsConnect::<tokio_postgres::Socket>::make_tls_connect(&mut bare, "").is_err());
+    }
+
+    #[test]
     fn percent_decoding() {
         assert_eq!(percent_decode("%2Fetc%2Fa%20b").as_deref(), Ok("/etc/a b"));
         assert!(percent_decode("%2").is_err() && percent_decode("%zz").is_err());
