@@ -200,7 +200,15 @@ async fn the_database_link_is_tls_and_the_server_is_verified() {
         "every connection of the daemon is TLS ({versions})"
     );
     assert!(versions.starts_with("TLSv1."), "{versions}");
-    let (listeners, listener_tls, _) = daemon_ssl(&pg, "AND query LIKE 'LISTEN%'");
+    // The listener connects on its own task, just after the pool: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (listeners, listener_tls) = loop {
+        let (n, tls, _) = daemon_ssl(&pg, "AND query LIKE 'LISTEN%'");
+        if n > 0 || Instant::now() > deadline {
+            break (n, tls);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(
         (listeners, listener_tls),
         (1, true),
@@ -297,6 +305,15 @@ async fn the_database_link_is_tls_and_the_server_is_verified() {
     let (n, all_tls, _) = daemon_ssl(&pg, "AND usename = 'ca_cert'");
     assert!(n >= 1 && all_tls, "{n} {all_tls}");
     drop(store);
+
+    // The default (prefer) takes TLS when the server offers it.
+    let preferred = connect(&db.url, &db).expect("prefer");
+    let (n, all_tls, _) = daemon_ssl(&pg, "");
+    assert!(
+        n >= 1 && all_tls,
+        "prefer uses the server's TLS: {n} {all_tls}"
+    );
+    drop(preferred);
 
     // A server without TLS: `require` refuses, the default (prefer) goes on without it.
     pg.set_hba(&["host all all 127.0.0.1/32 scram-sha-256".into()])
