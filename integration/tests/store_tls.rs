@@ -306,6 +306,20 @@ async fn the_database_link_is_tls_and_the_server_is_verified() {
     assert!(n >= 1 && all_tls, "{n} {all_tls}");
     drop(store);
 
+    // A Unix socket: no TLS whatever sslmode says (libpq's rule; PostgreSQL offers none there).
+    let socket = pg
+        .dir()
+        .join("run")
+        .display()
+        .to_string()
+        .replace('/', "%2F");
+    let on_socket = format!(
+        "postgresql://ca@{socket}:{}/{}?sslmode=require",
+        pg.port(),
+        db.name
+    );
+    drop(connect(&on_socket, &db).expect("require is ignored on a Unix socket"));
+
     // The default (prefer) takes TLS when the server offers it.
     let preferred = connect(&db.url, &db).expect("prefer");
     let (n, all_tls, _) = daemon_ssl(&pg, "");

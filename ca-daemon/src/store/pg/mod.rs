@@ -142,7 +142,7 @@ impl PgOptions {
                     .to_owned(),
             ));
         }
-        let (pg_url, tls) = tls::PgTls::from_url(url).map_err(&invalid)?;
+        let (pg_url, mut tls) = tls::PgTls::from_url(url).map_err(&invalid)?;
         let mut config: tokio_postgres::Config = pg_url
             .parse()
             .map_err(|e: tokio_postgres::Error| invalid(format!("cannot be parsed: {e}")))?;
@@ -783,6 +783,28 @@ mod tests {
         let o = PgOptions::from_url("postgresql://ca@db/ca?sslmode=require", None).expect("url");
         assert_eq!(o.config.get_ssl_mode(), Wire::Require);
         assert_eq!(o.display_url(), "postgresql://ca@db/ca");
+        // libpq ignores sslmode on a Unix socket (PostgreSQL offers no TLS there).
+        let o = PgOptions::from_url(
+            "postgresql://ca@%2Frun%2Fpostgresql/ca?sslmode=require",
+            None,
+        )
+        .expect("url");
+        assert_eq!(o.config.get_ssl_mode(), Wire::Disable);
+        assert!(o.tls().unix_socket && o.tls().describe().contains("Unix socket"));
+        let o = PgOptions::from_url(
+            "postgresql://ca@/ca?host=/run/postgresql&sslmode=require",
+            None,
+        )
+        .expect("url");
+        assert_eq!(o.config.get_ssl_mode(), Wire::Disable);
+        // A TCP host among them: the mode stands.
+        let o = PgOptions::from_url(
+            "postgresql://ca@db/ca?host=/run/postgresql&sslmode=require",
+            None,
+        )
+        .expect("url");
+        assert_eq!(o.config.get_ssl_mode(), Wire::Require);
+        assert!(!o.tls().unix_socket);
         let err = PgOptions::from_url("postgresql://ca@db/ca?sslmode=bogus", None)
             .err()
             .map(|e| e.to_string())

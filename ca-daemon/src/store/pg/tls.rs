@@ -16,7 +16,8 @@
 //! and trusting the public web roots for it would let any public CA impersonate the database.
 //! The host name checked is the URL's host (with `hostaddr=` the TCP address can differ, as in
 //! libpq). Unverified modes still encrypt (and check the handshake signature against the
-//! presented certificate) but do not authenticate the server.
+//! presented certificate) but do not authenticate the server. When every host is a Unix
+//! socket the mode is ignored, as libpq does (PostgreSQL offers no TLS on sockets).
 //!
 //! # Why tokio-postgres-rustls
 //! [`tokio_postgres_rustls::MakeRustlsConnect`] (jbg's crate, rustls 0.23) does the
@@ -132,6 +133,8 @@ pub struct PgTls {
     pub root_cert: Option<PathBuf>,
     /// `sslcert` (with `sslkey`).
     pub client_cert: Option<PathBuf>,
+    /// Every host is a Unix socket: no TLS whatever the mode (see [`PgTls::apply`]).
+    pub unix_socket: bool,
     connector: PgConnector,
 }
 
@@ -142,6 +145,7 @@ impl std::fmt::Debug for PgTls {
             .field("verification", &self.verification)
             .field("root_cert", &self.root_cert)
             .field("client_cert", &self.client_cert)
+            .field("unix_socket", &self.unix_socket)
             .finish_non_exhaustive()
     }
 }
@@ -260,14 +264,27 @@ impl PgTls {
                 verification,
                 root_cert,
                 client_cert,
+                unix_socket: false,
                 connector: PgConnector(MakeRustlsConnect::new(config)),
             },
         ))
     }
 
-    /// Puts the wire mode into the tokio-postgres configuration.
-    pub(crate) fn apply(&self, config: &mut tokio_postgres::Config) {
-        config.ssl_mode(self.mode.wire());
+    /// Puts the wire mode into the tokio-postgres configuration. As libpq, `sslmode` is
+    /// ignored when every host is a Unix socket (PostgreSQL offers no TLS there, and
+    /// tokio-postgres would refuse `require`).
+    pub(crate) fn apply(&mut self, config: &mut tokio_postgres::Config) {
+        self.unix_socket = config.get_hostaddrs().is_empty()
+            && !config.get_hosts().is_empty()
+            && config
+                .get_hosts()
+                .iter()
+                .all(|h| !matches!(h, tokio_postgres::config::Host::Tcp(_)));
+        config.ssl_mode(if self.unix_socket {
+            tokio_postgres::config::SslMode::Disable
+        } else {
+            self.mode.wire()
+        });
     }
 
     /// The connector for the pool and the listener.
@@ -278,6 +295,7 @@ impl PgTls {
     /// One phrase for logs: `sslmode=verify-full (chain and host name verified)`.
     pub fn describe(&self) -> String {
         let what = match (self.mode, self.verification) {
+            _ if self.unix_socket => "Unix socket: no TLS",
             (SslMode::Disable, _) => "no TLS",
             (_, Verification::None) => "server certificate not verified",
             (_, Verification::Chain) => "certificate chain verified, host name not",
