@@ -396,16 +396,21 @@ impl PgStore {
                     .map_err(|e| Fail::from(e).into_store())
             })
             .map_err(|e| {
-                let detail = match e {
-                    StoreError::Unavailable { detail } | StoreError::Database { detail } => detail,
-                    other => other.to_string(),
-                };
-                StoreError::Unavailable {
-                    detail: format!(
+                let about = |detail: String| {
+                    format!(
                         "cannot connect to {} with {}: {detail}",
                         opts.display,
                         opts.tls.describe()
-                    ),
+                    )
+                };
+                match e {
+                    StoreError::Unavailable { detail } => StoreError::Unavailable {
+                        detail: about(detail),
+                    },
+                    StoreError::Database { detail } => StoreError::Database {
+                        detail: about(detail),
+                    },
+                    other => other,
                 }
             })?;
         let pool = store.pool.clone();
@@ -415,12 +420,12 @@ impl PgStore {
             store.opts.tls.connector(),
             store.changes.clone(),
         ));
-        let tls = store.opts.tls.describe();
-        tracing::info!(url = %store.opts.display, %tls, schema_version = SCHEMA_VERSION, "PostgreSQL store connected");
+        let link = store.opts.tls.describe();
+        tracing::info!(url = %store.opts.display, tls = %link, schema_version = SCHEMA_VERSION, "PostgreSQL store connected");
         if store.opts.tls.verification != tls::Verification::Full
             && !all_hosts_local(&store.opts.config)
         {
-            tracing::warn!(url = %store.opts.display, %tls, "the database server is not authenticated: use sslmode=verify-full with sslrootcert (docs/cluster.md)");
+            tracing::warn!(url = %store.opts.display, tls = %link, "the link to a database on another machine is not fully verified: use sslmode=verify-full with sslrootcert (docs/cluster.md)");
         }
         Ok(store)
     }
@@ -824,6 +829,19 @@ mod tests {
             err.contains("cannot read sslrootcert /nonexistent/ca.pem"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn only_remote_databases_count_as_remote() {
+        let local = |u: &str| all_hosts_local(&PgOptions::from_url(u, None).expect(u).config);
+        assert!(local("postgresql://ca@127.0.0.1/ca"));
+        assert!(local("postgresql://ca@localhost:5433/ca"));
+        assert!(local("postgresql://ca@[::1]/ca"));
+        assert!(local("postgresql://ca@%2Frun%2Fpostgresql/ca"));
+        assert!(!local("postgresql://ca@db.internal/ca"));
+        assert!(!local("postgresql://ca@10.0.0.5/ca"));
+        assert!(!local("postgresql://ca@localhost/ca?hostaddr=10.0.0.5"));
+        assert!(local("postgresql://ca@db.internal/ca?hostaddr=127.0.0.1"));
     }
 
     #[test]
