@@ -160,15 +160,15 @@ const REFUSED_PARAMS: &[(&str, &str)] = &[
     ),
     (
         "sslcrl",
-        "is not supported; revoke a database server certificate by removing its CA from sslrootcert or reissuing",
+        "not supported; revoke a database server certificate by removing its CA from sslrootcert or reissuing",
     ),
     (
         "sslcrldir",
-        "is not supported; revoke a database server certificate by removing its CA from sslrootcert or reissuing",
+        "not supported; revoke a database server certificate by removing its CA from sslrootcert or reissuing",
     ),
     (
         "requiressl",
-        "is obsolete; use sslmode=require or sslmode=verify-full",
+        "obsolete; use sslmode=require or sslmode=verify-full",
     ),
 ];
 
@@ -189,7 +189,7 @@ impl PgTls {
         {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             if let Some((_, why)) = REFUSED_PARAMS.iter().find(|(k, _)| *k == key) {
-                return Err(format!("{key} {why}"));
+                return Err(format!("{key}: {why}"));
             }
             if OWN_PARAMS.contains(&key) {
                 if own.iter().any(|(k, _)| *k == key) {
@@ -426,12 +426,16 @@ fn client_config(
     let builder = builder
         .dangerous()
         .with_custom_certificate_verifier(verifier);
-    match client {
+    let mut config = match client {
         Some((certs, key)) => builder
             .with_client_auth_cert(certs, key)
-            .map_err(|e| format!("sslcert / sslkey cannot be used: {e}")),
-        None => Ok(builder.with_no_client_auth()),
-    }
+            .map_err(|e| format!("sslcert / sslkey cannot be used: {e}"))?,
+        None => builder.with_no_client_auth(),
+    };
+    // What libpq 17 sends; PostgreSQL 17 demands it with `sslnegotiation=direct`, older
+    // servers ignore it.
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(config)
 }
 
 /// `verify-ca`: the chain (with rustls's own webpki path building), not the name.
