@@ -222,7 +222,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub store_cache_mib: Option<u64>,
     /// Store: `postgresql://user@host:port/db` for several daemons on one PostgreSQL
-    /// (docs/cluster.md) [default: the config's `store`, else sled in DATA_DIR/store].
+    /// (docs/cluster.md; TLS: `?sslmode=verify-full&sslrootcert=CA.pem`)
+    /// [default: the config's `store`, else sled in DATA_DIR/store].
     #[arg(long, env = "CA_DAEMON_STORE")]
     pub store: Option<String>,
     /// File with the PostgreSQL password [default: the config's store_password_file, else

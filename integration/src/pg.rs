@@ -14,6 +14,12 @@
 //!
 //! Authentication is scram-sha-256 for the superuser `ca`, whose password is in
 //! [`PgCluster::password_file`] (what a daemon gets as `--store-password-file`).
+//!
+//! [`PgCluster::start_tls`] starts it with `ssl=on` and the test's server certificate and key
+//! (written into the data dir, the key 0600 and owned by the server's user, as PostgreSQL
+//! demands), an optional CA for client certificates (`ssl_ca_file`) and the test's own
+//! `pg_hba.conf` lines (`hostssl`, `hostnossl ... reject`); [`PgCluster::set_hba`] and
+//! [`PgCluster::reload`] change them on the running server.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -30,6 +36,27 @@ pub const USER: &str = "ca";
 pub struct PgClusterOptions {
     /// Keep `fsync` on (benchmarks); off by default.
     pub fsync: bool,
+}
+
+/// TLS of a cluster started by [`PgCluster::start_tls`] (PEM texts made by the test).
+#[derive(Clone)]
+pub struct PgServerTls {
+    /// The server certificate (chain), `ssl_cert_file`.
+    pub cert_pem: String,
+    /// Its private key, `ssl_key_file`.
+    pub key_pem: String,
+    /// CAs of client certificates (`ssl_ca_file`), for `clientcert=` lines.
+    pub client_ca_pem: Option<String>,
+    /// The whole `pg_hba.conf` (one rule a line).
+    pub hba: Vec<String>,
+}
+
+impl std::fmt::Debug for PgServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgServerTls")
+            .field("hba", &self.hba)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A running throw-away PostgreSQL cluster.
@@ -119,6 +146,18 @@ impl PgCluster {
 
     /// initdb + start.
     pub fn start_with(opts: PgClusterOptions) -> Result<Self, HarnessError> {
+        Self::start_inner(opts, None)
+    }
+
+    /// initdb + start with `ssl=on`, the given certificate files and `pg_hba.conf`.
+    pub fn start_tls(tls: &PgServerTls) -> Result<Self, HarnessError> {
+        Self::start_inner(PgClusterOptions::default(), Some(tls))
+    }
+
+    fn start_inner(
+        opts: PgClusterOptions,
+        tls: Option<&PgServerTls>,
+    ) -> Result<Self, HarnessError> {
         let bin = pg_bin().ok_or_else(|| {
             HarnessError::NotReady(
                 "no PostgreSQL server binaries (/usr/lib/postgresql/*/bin; apt-get install postgresql, or set PG_BIN)"
@@ -142,6 +181,9 @@ impl PgCluster {
             next_db: AtomicU32::new(1),
         };
         cluster.init()?;
+        if let Some(tls) = tls {
+            cluster.configure_tls(tls)?;
+        }
         cluster.start()?;
         cluster.watchdog = Some(cluster.spawn_watchdog()?);
         Ok(cluster)
@@ -223,6 +265,66 @@ impl PgCluster {
             )));
         }
         Ok(())
+    }
+
+    /// Writes the certificate files into the data dir, `ssl = on` into postgresql.conf (so that
+    /// `ALTER SYSTEM SET ssl = off` can override it) and the `pg_hba.conf`.
+    fn configure_tls(&self, tls: &PgServerTls) -> Result<(), HarnessError> {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.data_dir();
+        let mut files = vec![
+            ("server.crt", tls.cert_pem.as_str(), 0o644),
+            ("server.key", tls.key_pem.as_str(), 0o600),
+        ];
+        if let Some(ca) = &tls.client_ca_pem {
+            files.push(("client-ca.crt", ca.as_str(), 0o644));
+        }
+        for (name, text, mode) in &files {
+            let p = data.join(name);
+            std::fs::write(&p, text).map_err(io("write TLS file"))?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))
+                .map_err(io("chmod TLS file"))?;
+            if self.as_postgres {
+                let (uid, gid) = postgres_ids()?;
+                std::os::unix::fs::chown(&p, Some(uid), Some(gid)).map_err(io("chown"))?;
+            }
+        }
+        let mut conf = String::from(
+            "\n# care-pki test TLS\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        );
+        if tls.client_ca_pem.is_some() {
+            conf.push_str("ssl_ca_file = 'client-ca.crt'\n");
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .map_err(io("open postgresql.conf"))?;
+        std::io::Write::write_all(&mut f, conf.as_bytes()).map_err(io("postgresql.conf"))?;
+        self.write_hba(&tls.hba)
+    }
+
+    fn write_hba(&self, lines: &[String]) -> Result<(), HarnessError> {
+        // Local (socket) access for pg_ctl and maintenance stays as initdb set it.
+        let text = format!("local all all scram-sha-256\n{}\n", lines.join("\n"));
+        let p = self.data_dir().join("pg_hba.conf");
+        std::fs::write(&p, text).map_err(io("write pg_hba.conf"))?;
+        if self.as_postgres {
+            let (uid, gid) = postgres_ids()?;
+            std::os::unix::fs::chown(&p, Some(uid), Some(gid)).map_err(io("chown"))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces `pg_hba.conf` with `local all all scram-sha-256` and `lines`, and reloads.
+    pub fn set_hba(&self, lines: &[String]) -> Result<(), HarnessError> {
+        self.write_hba(lines)?;
+        self.reload()
+    }
+
+    /// `SELECT pg_reload_conf()`: configuration files (and `ALTER SYSTEM`) take effect for
+    /// new connections.
+    pub fn reload(&self) -> Result<(), HarnessError> {
+        self.psql("postgres", "SELECT pg_reload_conf()").map(drop)
     }
 
     /// Starts the (stopped) server on its port; waits until it accepts connections.

@@ -60,13 +60,13 @@
 
 mod backup;
 mod ops;
+pub mod tls;
 
 use std::future::Future;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::broadcast;
-use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use zeroize::Zeroizing;
 
@@ -94,6 +94,8 @@ const MAX_RETRIES: u32 = 20;
 #[derive(Clone)]
 pub struct PgOptions {
     config: tokio_postgres::Config,
+    /// `sslmode` and friends, with the TLS connector built from them (see [`tls`]).
+    tls: tls::PgTls,
     /// The URL without secrets, for logs and errors.
     display: String,
     /// Connections in the pool.
@@ -108,6 +110,7 @@ impl std::fmt::Debug for PgOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgOptions")
             .field("url", &self.display)
+            .field("tls", &self.tls)
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
             .finish_non_exhaustive()
@@ -119,7 +122,8 @@ impl PgOptions {
     /// parameters such as `connect_timeout`). A password inside the URL is refused (it would
     /// end up in shell history, process lists and logs): pass it in `password`, read from
     /// `--store-password-file`. Defaults: pool of 8, connect timeout 5 s, call timeout 30 s,
-    /// TCP keepalives after 10 s idle.
+    /// TCP keepalives after 10 s idle. TLS follows libpq's `sslmode` (default `prefer`),
+    /// `sslrootcert`, `sslcert` and `sslkey` ([`tls`]); their files are read here.
     pub fn from_url(url: &str, password: Option<Zeroizing<String>>) -> Result<Self, StoreError> {
         let invalid = |detail: String| StoreError::Invalid {
             kind: "store URL",
@@ -138,7 +142,8 @@ impl PgOptions {
                     .to_owned(),
             ));
         }
-        let mut config: tokio_postgres::Config = url
+        let (pg_url, mut tls) = tls::PgTls::from_url(url).map_err(&invalid)?;
+        let mut config: tokio_postgres::Config = pg_url
             .parse()
             .map_err(|e: tokio_postgres::Error| invalid(format!("cannot be parsed: {e}")))?;
         if config.get_password().is_some() {
@@ -160,6 +165,7 @@ impl PgOptions {
         if let Some(p) = &password {
             config.password(p.as_bytes());
         }
+        tls.apply(&mut config);
         let connect_timeout = config
             .get_connect_timeout()
             .copied()
@@ -182,6 +188,7 @@ impl PgOptions {
         let display = url.split('?').next().unwrap_or_default().to_owned();
         Ok(Self {
             config,
+            tls,
             display,
             pool_size: 8,
             connect_timeout,
@@ -192,6 +199,11 @@ impl PgOptions {
     /// The URL without parameters (it never holds a password), for logs.
     pub fn display_url(&self) -> &str {
         &self.display
+    }
+
+    /// The TLS settings.
+    pub fn tls(&self) -> &tls::PgTls {
+        &self.tls
     }
 }
 
@@ -291,6 +303,9 @@ pub(crate) fn pg_error(e: &tokio_postgres::Error) -> StoreError {
             StoreError::Database { detail }
         };
     }
+    if let Some(detail) = tls::explain(e) {
+        return StoreError::Unavailable { detail };
+    }
     let io = std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
     if e.is_closed() || io || e.to_string().contains("timed out") {
         StoreError::Unavailable {
@@ -341,7 +356,7 @@ impl PgStore {
         let handle = rt.handle().clone();
         let manager = Manager::from_config(
             opts.config.clone(),
-            NoTls,
+            opts.tls.connector(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -369,12 +384,49 @@ impl PgStore {
             changes,
             opts: opts.clone(),
         };
+        // The first connection on its own: a refused certificate, a server without TLS
+        // under `require`, a pg_hba.conf rejection or a wrong password is told here, naming
+        // the URL (without password) and the TLS mode.
+        let pool = store.pool.clone();
+        store
+            .run(async move {
+                pool.get()
+                    .await
+                    .map(drop)
+                    .map_err(|e| Fail::from(e).into_store())
+            })
+            .map_err(|e| {
+                let about = |detail: String| {
+                    format!(
+                        "cannot connect to {} with {}: {detail}",
+                        opts.display,
+                        opts.tls.describe()
+                    )
+                };
+                match e {
+                    StoreError::Unavailable { detail } => StoreError::Unavailable {
+                        detail: about(detail),
+                    },
+                    StoreError::Database { detail } => StoreError::Database {
+                        detail: about(detail),
+                    },
+                    other => other,
+                }
+            })?;
         let pool = store.pool.clone();
         store.run(async move { migrate(&pool).await })?;
-        store
-            .handle
-            .spawn(listen(store.opts.config.clone(), store.changes.clone()));
-        tracing::info!(url = %store.opts.display, schema_version = SCHEMA_VERSION, "PostgreSQL store connected");
+        store.handle.spawn(listen(
+            store.opts.config.clone(),
+            store.opts.tls.connector(),
+            store.changes.clone(),
+        ));
+        let link = store.opts.tls.describe();
+        tracing::info!(url = %store.opts.display, tls = %link, schema_version = SCHEMA_VERSION, "PostgreSQL store connected");
+        if store.opts.tls.verification != tls::Verification::Full
+            && !all_hosts_local(&store.opts.config)
+        {
+            tracing::warn!(url = %store.opts.display, tls = %link, "the link to a database on another machine is not fully verified: use sslmode=verify-full with sslrootcert (docs/cluster.md)");
+        }
         Ok(store)
     }
 
@@ -486,6 +538,24 @@ impl Drop for PgLockGuard {
     }
 }
 
+/// Whether every host of `config` is a Unix socket or a loopback address / `localhost`
+/// (where an unauthenticated database link warrants no warning).
+fn all_hosts_local(config: &tokio_postgres::Config) -> bool {
+    // With `hostaddr=`, those are the addresses connected to (one per host).
+    if !config.get_hostaddrs().is_empty() {
+        return config.get_hostaddrs().iter().all(|ip| ip.is_loopback());
+    }
+    config.get_hosts().iter().all(|h| match h {
+        tokio_postgres::config::Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        tokio_postgres::config::Host::Unix(_) => true,
+    })
+}
+
 /// The second advisory-lock key of an issuer: a stable 32-bit hash of its id.
 fn issuer_lock_key(issuer_id: &str) -> i32 {
     let d = ring::digest::digest(&ring::digest::SHA256, issuer_id.as_bytes());
@@ -552,10 +622,14 @@ async fn migrate_locked(client: &mut deadpool_postgres::Object) -> Result<(), St
 
 /// The listener: its own connection, `LISTEN`, reconnect with backoff, `Resync` after each
 /// (re)connect. Ends with the runtime.
-async fn listen(config: tokio_postgres::Config, changes: broadcast::Sender<StoreChange>) {
+async fn listen(
+    config: tokio_postgres::Config,
+    connector: tls::PgConnector,
+    changes: broadcast::Sender<StoreChange>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match config.connect(NoTls).await {
+        match config.connect(connector.clone()).await {
             Ok((client, mut conn)) => {
                 let (msg_tx, mut msg_rx) = tokio::sync::mpsc::unbounded_channel();
                 let driver = tokio::spawn(async move {
@@ -702,6 +776,72 @@ mod tests {
         )
         .expect("url");
         assert!(!format!("{o:?}").contains("pw-xyz"));
+    }
+
+    #[test]
+    fn store_urls_carry_their_tls_mode() {
+        use tokio_postgres::config::SslMode as Wire;
+        let o = PgOptions::from_url("postgresql://ca@db/ca", None).expect("url");
+        assert_eq!(o.config.get_ssl_mode(), Wire::Prefer, "libpq's default");
+        let o = PgOptions::from_url("postgresql://ca@db/ca?sslmode=disable", None).expect("url");
+        assert_eq!(o.config.get_ssl_mode(), Wire::Disable);
+        let o = PgOptions::from_url("postgresql://ca@db/ca?sslmode=require", None).expect("url");
+        assert_eq!(o.config.get_ssl_mode(), Wire::Require);
+        assert_eq!(o.display_url(), "postgresql://ca@db/ca");
+        // libpq ignores sslmode on a Unix socket (PostgreSQL offers no TLS there).
+        let o = PgOptions::from_url(
+            "postgresql://ca@%2Frun%2Fpostgresql/ca?sslmode=require",
+            None,
+        )
+        .expect("url");
+        assert_eq!(o.config.get_ssl_mode(), Wire::Disable);
+        assert!(o.tls().unix_socket && o.tls().describe().contains("Unix socket"));
+        let o = PgOptions::from_url(
+            "postgresql://ca@/ca?host=/run/postgresql&sslmode=require",
+            None,
+        )
+        .expect("url");
+        assert_eq!(o.config.get_ssl_mode(), Wire::Disable);
+        // A TCP host among them: the mode stands.
+        let o = PgOptions::from_url(
+            "postgresql://ca@db/ca?host=/run/postgresql&sslmode=require",
+            None,
+        )
+        .expect("url");
+        assert_eq!(o.config.get_ssl_mode(), Wire::Require);
+        assert!(!o.tls().unix_socket);
+        let err = PgOptions::from_url("postgresql://ca@db/ca?sslmode=bogus", None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("invalid store URL: unknown sslmode"),
+            "{err}"
+        );
+        let err = PgOptions::from_url(
+            "postgresql://ca@db/ca?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            None,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            err.contains("cannot read sslrootcert /nonexistent/ca.pem"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn only_remote_databases_count_as_remote() {
+        let local = |u: &str| all_hosts_local(&PgOptions::from_url(u, None).expect(u).config);
+        assert!(local("postgresql://ca@127.0.0.1/ca"));
+        assert!(local("postgresql://ca@localhost:5433/ca"));
+        assert!(local("postgresql://ca@[::1]/ca"));
+        assert!(local("postgresql://ca@%2Frun%2Fpostgresql/ca"));
+        assert!(!local("postgresql://ca@db.internal/ca"));
+        assert!(!local("postgresql://ca@10.0.0.5/ca"));
+        assert!(!local("postgresql://ca@localhost/ca?hostaddr=10.0.0.5"));
+        assert!(local("postgresql://ca@db.internal/ca?hostaddr=127.0.0.1"));
     }
 
     #[test]
