@@ -171,6 +171,7 @@ fn contract(s: Arc<dyn Store>) {
     crl_numbers(&*s);
     renewals(&*s);
     reinstate(&*s);
+    termination_against_new_tickets(&s);
     key_blobs(&*s);
     publication_lock_in_process(&s);
     queries(&*s);
@@ -421,6 +422,110 @@ fn revocations(s: &dyn Store) {
             .iter()
             .any(|e| e.action == "revocation.tickets_cancelled" && e.detail.starts_with("1 active"))
     );
+}
+
+/// A facility's termination (bulk revocation that cancels its live tickets) racing ticket
+/// creations for it: every ticket whose creation the audit log records before the revocation
+/// is cancelled by it, every later one stays active. On PostgreSQL a creation committed while
+/// the revocation ran used to survive it (the revocation reads the tickets under READ
+/// COMMITTED); the enrollee locks order the two.
+fn termination_against_new_tickets(s: &Arc<dyn Store>) {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    for round in 0..6u32 {
+        let facility = format!("f-term{round}");
+        issue(
+            &**s,
+            &format!("4{round}000000"),
+            &format!("ee{round}0"),
+            (&facility, "p-t", "d-t"),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let next = Arc::new(AtomicU32::new(1));
+        let done = Arc::new(AtomicU32::new(0));
+        // Until `n` creations have returned (bounded: 10 s).
+        let wait_for = |n: u32| {
+            let t0 = Instant::now();
+            while done.load(Ordering::SeqCst) < n && t0.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        };
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let (s, stop, next, done, facility) = (
+                    s.clone(),
+                    stop.clone(),
+                    next.clone(),
+                    done.clone(),
+                    facility.clone(),
+                );
+                std::thread::spawn(move || {
+                    let mut made = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        let n = next.fetch_add(1, Ordering::SeqCst);
+                        let number = format!("4{round}{n:06}");
+                        let t = ticket(&number, 4, (&facility, "p-t", "d-t"));
+                        s.create_ticket(&t, ev("ticket.create", &number))
+                            .expect("create during the termination");
+                        made.push(number);
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                    made
+                })
+            })
+            .collect();
+        wait_for(8);
+        let (_, cancelled) = s
+            .revoke_and_cancel_tickets(
+                &RevokeTarget::Facility(facility.clone()),
+                &revocation(RevocationReason::CessationOfOperation),
+                ev("certificate.revoke", "terminate"),
+                ev("ticket.cancel", "terminate"),
+                now(),
+            )
+            .expect("terminate");
+        let at_termination = done.load(Ordering::SeqCst);
+        wait_for(at_termination + 8);
+        stop.store(true, Ordering::SeqCst);
+        let made: Vec<String> = workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("worker"))
+            .collect();
+        let audit = s.audit_entries(1, 1_000_000).expect("audit");
+        let revoked_at = audit
+            .iter()
+            .find(|e| {
+                e.action == "revocation.tickets_cancelled"
+                    && e.target == format!("facility:{facility}")
+            })
+            .map(|e| e.seq)
+            .expect("the termination is audited");
+        let (mut before, mut after) = (0, 0);
+        for number in &made {
+            let created = audit
+                .iter()
+                .find(|e| e.action == "ticket.create" && &e.target == number)
+                .map(|e| e.seq)
+                .expect("the creation is audited");
+            let state = s.ticket(number).expect("read").map(|t| t.state);
+            if created < revoked_at {
+                before += 1;
+                assert_eq!(
+                    state,
+                    Some(TicketState::Cancelled),
+                    "round {round}: ticket {number} created (audit {created}) before the \
+                     termination (audit {revoked_at}) survived it"
+                );
+                assert!(cancelled.contains(number));
+            } else {
+                after += 1;
+                assert_eq!(state, Some(TicketState::Active), "ticket {number}");
+            }
+        }
+        assert!(
+            before > 0 && after > 0,
+            "round {round}: {before} before, {after} after"
+        );
+    }
 }
 
 fn crl_numbers(s: &dyn Store) {

@@ -232,6 +232,57 @@ pub(crate) fn audit_from(r: &Row) -> Result<AuditEntry, Fail> {
 
 // ---- statements shared by several methods (and the import)
 
+/// Advisory-lock class of the enrollee locks (below); the key is a hash of `kind:id`.
+const ENROLLEE_LOCK_CLASS: i32 = 0x6361_656e;
+
+/// Ticket creation against a bulk revocation of its facility, person or device (usage
+/// termination): the revocation cancels the live tickets it *sees*, and under READ COMMITTED
+/// a ticket committed while the revocation runs would be missed, surviving a revocation
+/// that the audit log records after it. So a ticket's creation holds a shared transaction
+/// lock on each of its three names, taken first in its transaction; a bulk revocation takes
+/// the exclusive lock of its target first in its own. A creation in progress then finishes
+/// before the revocation reads the tickets (and is cancelled by it); one that starts later
+/// waits for the revocation's commit (and is a new ticket after it, as with sled's writer
+/// mutex). Always taken in the order facility, person, device, and before any row lock.
+async fn lock_enrollee_shared(
+    tx: &tokio_postgres::Transaction<'_>,
+    t: &TicketRecord,
+) -> Result<(), Fail> {
+    for (kind, id) in [
+        ("facility", &t.enrollee.facility.id),
+        ("person", &t.enrollee.person.id),
+        ("device", &t.enrollee.device.id),
+    ] {
+        let key = super::issuer_lock_key(&format!("{kind}:{id}"));
+        tx.execute(
+            "SELECT pg_advisory_xact_lock_shared($1, $2)",
+            &[&ENROLLEE_LOCK_CLASS, &key],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The exclusive counterpart of [`lock_enrollee_shared`] for a bulk revocation's target.
+async fn lock_enrollee_exclusive(
+    tx: &tokio_postgres::Transaction<'_>,
+    target: &RevokeTarget,
+) -> Result<(), Fail> {
+    let (kind, id) = match target {
+        RevokeTarget::Facility(id) => ("facility", id),
+        RevokeTarget::Person(id) => ("person", id),
+        RevokeTarget::Device(id) => ("device", id),
+        RevokeTarget::Serial(_) => return Ok(()),
+    };
+    let key = super::issuer_lock_key(&format!("{kind}:{id}"));
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, $2)",
+        &[&ENROLLEE_LOCK_CLASS, &key],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Inserts or replaces a ticket row.
 pub(crate) async fn upsert_ticket(
     tx: &Tx<'_>,
@@ -572,6 +623,7 @@ impl PgStore {
                 let (ticket, renews, event) = &*args;
                 let mut c = pool.get().await?;
                 let tx = c.transaction().await?;
+                lock_enrollee_shared(&tx, ticket).await?;
                 let old = tx
                     .query_opt(
                         "SELECT state, expires_at FROM tickets WHERE number = $1 FOR UPDATE",
@@ -703,6 +755,9 @@ impl PgStore {
                 let mut c = pool.get().await?;
                 let tx = c.transaction().await?;
                 let bulk = !matches!(target, RevokeTarget::Serial(_));
+                if cancel.is_some() {
+                    lock_enrollee_exclusive(&tx, target).await?;
+                }
                 // Tickets first: a redemption of one of them either committed before (its
                 // certificate is then seen below) or waits and finds the ticket cancelled.
                 let mut live = Vec::new();
