@@ -163,6 +163,12 @@ pub fn seed_only(data_dir: &Path, n: usize) -> Result<()> {
         Duration::from_secs(3600),
         crate::scale::SEED_THREADS,
     )?;
+    // For `PKI_BENCH_FOOTPRINT_FROM` (the footprint benchmark on this data dir).
+    std::fs::write(
+        data_dir.with_extension("seed-seconds"),
+        format!("{:.0}\n", took.as_secs_f64()),
+    )
+    .map_err(io("write the seed time"))?;
     let store_dir = ca_daemon::pki::Layout::new(data_dir).store_dir();
     println!(
         "seeded {certs} certificates in {:.0} s; store {:.0} MiB",
@@ -189,12 +195,47 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
         Mode::Smoke => (2_000usize, Duration::from_secs(30), 50, 500),
     };
     let data_dir = work.join("footprint").join("var");
-    let mut d = common::start_daemon(work, Some(data_dir.clone()))?;
-    d.stop();
-    drop(d);
-    let (certs, seed_took) = tokio::task::block_in_place(|| {
-        crate::scale::seed(&data_dir, n, budget, crate::scale::SEED_THREADS)
-    })?;
+    // `PKI_BENCH_FOOTPRINT_FROM=DIR`: a copy of a data dir made by `pki-bench seed` instead of
+    // seeding here (the seed is most of the run's time; the copy is what gets measured).
+    let (certs, seed_took) = match std::env::var_os("PKI_BENCH_FOOTPRINT_FROM") {
+        Some(from) if mode == Mode::Full => {
+            let from = std::path::PathBuf::from(from);
+            std::fs::create_dir_all(work.join("footprint")).map_err(io("create work dir"))?;
+            let copied = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(&from)
+                .arg(&data_dir)
+                .status()
+                .map_err(io("cp -a"))?;
+            if !copied.success() {
+                return Err(BenchError::Failed(format!(
+                    "cp -a {} failed",
+                    from.display()
+                )));
+            }
+            let secs: f64 = std::fs::read_to_string(from.with_extension("seed-seconds"))
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0.0);
+            let store = SledStore::open(&ca_daemon::pki::Layout::new(&data_dir).store_dir())
+                .map_err(failed("open the copied store"))?;
+            let certs = store
+                .tree_stats()
+                .map_err(failed("tree stats"))?
+                .iter()
+                .find(|(name, ..)| *name == "certs")
+                .map_or(0, |(_, entries, ..)| *entries as usize);
+            (certs, Duration::from_secs_f64(secs))
+        }
+        _ => {
+            let mut d = common::start_daemon(work, Some(data_dir.clone()))?;
+            d.stop();
+            drop(d);
+            tokio::task::block_in_place(|| {
+                crate::scale::seed(&data_dir, n, budget, crate::scale::SEED_THREADS)
+            })?
+        }
+    };
     let store_dir = ca_daemon::pki::Layout::new(&data_dir).store_dir();
     let disk_before = dir_size(&store_dir);
 
@@ -282,7 +323,8 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
 
     let per = |b: u64| b as f64 / certs.max(1) as f64;
     let mut t = format!(
-        "A store of {certs} certificates seeded offline as in benchmark 5 ({:.0} s): each one a \
+        "A store of {certs} certificates seeded offline as in benchmark 5 ({:.0} s, with zstd \
+         pages: the default for new stores): each one a \
          ticket created and redeemed with its audit entries. Bytes per certificate by sled tree \
          (keys + values as encoded, i.e. what the daemon writes), then what sled keeps on \
          disk for them.\n\n\
