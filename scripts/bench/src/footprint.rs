@@ -213,6 +213,8 @@ pub async fn run(mode: Mode, work: &Path) -> Result<Section> {
                     from.display()
                 )));
             }
+            std::fs::write(work.join("bench-policy.toml"), common::BENCH_POLICY)
+                .map_err(io("write bench policy"))?;
             let secs: f64 = std::fs::read_to_string(from.with_extension("seed-seconds"))
                 .ok()
                 .and_then(|t| t.trim().parse().ok())
