@@ -420,8 +420,14 @@ fn client_config(
                 .build()
                 .map_err(|e| format!("server certificate verifier: {e}"))?
         }
-        (Verification::Chain, Some(roots)) => Arc::new(ChainOnly { roots, provider }),
-        _ => Arc::new(NotVerified { provider }),
+        (Verification::Chain, Some(roots)) => Arc::new(ChainIfRoots {
+            roots: Some(roots),
+            provider,
+        }),
+        _ => Arc::new(ChainIfRoots {
+            roots: None,
+            provider,
+        }),
     };
     let builder = builder
         .dangerous()
@@ -438,14 +444,16 @@ fn client_config(
     Ok(config)
 }
 
-/// `verify-ca`: the chain (with rustls's own webpki path building), not the name.
+/// `verify-ca` (`roots` given): the chain, with rustls's own webpki path building, not the
+/// name. `prefer` / `require` without `sslrootcert` (`roots` none, libpq's behaviour): any
+/// certificate. Either way the handshake must be signed by the presented certificate's key.
 #[derive(Debug)]
-struct ChainOnly {
-    roots: RootCertStore,
+struct ChainIfRoots {
+    roots: Option<RootCertStore>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for ChainIfRoots {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -454,68 +462,17 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(roots) = &self.roots else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &cert,
-            &self.roots,
+            roots,
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// `prefer` / `require` without `sslrootcert` (libpq's behaviour): any certificate, but the
-/// handshake must be signed by its key.
-#[derive(Debug)]
-struct NotVerified {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for NotVerified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
 
